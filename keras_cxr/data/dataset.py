@@ -1,0 +1,238 @@
+"""`CXRDataset`: a Keras `PyDataset` of uint8 image batches from a `Table`.
+
+Every random choice in a training batch comes from generators seeded by
+``(seed, epoch, batch index)``, never from global or per-worker state, so a
+batch is the same whichever thread or process builds it, and a run resumed
+with `set_epoch` sees the same data as an uninterrupted one.
+"""
+
+import math
+import mmap
+
+import keras
+import numpy as np
+
+from keras_cxr.data.images import load_image
+from keras_cxr.data.sampling import SAMPLING_MODES, draw_epoch
+
+# Last word of the seed entropy, so the epoch-order stream never equals a
+# batch stream: SeedSequence([a, b]) == SeedSequence([a, b, 0]), hence
+# fixed-length keys.
+_ORDER_STREAM, _BATCH_STREAM = 0, 1
+
+
+def epoch_rng(seed, epoch):
+    """The generator that draws epoch `epoch`'s row order."""
+    return np.random.default_rng([seed, epoch, _ORDER_STREAM, 0])
+
+
+def batch_rng(seed, epoch, index):
+    """The generator for augmentation and mixing of batch `index` of `epoch`."""
+    return np.random.default_rng([seed, epoch, _BATCH_STREAM, index])
+
+
+class _SharedImageCache:
+    """Decoded images in anonymous shared memory.
+
+    Keras forks fresh worker processes every epoch; memory mapped with
+    MAP_SHARED before the fork is the same physical memory in the parent and
+    every worker, so images decoded by one epoch's workers are there for the
+    next epoch's. Threads share it trivially.
+    """
+
+    def __init__(self, count, size):
+        nbytes = count * size * size * 3
+        self._buffer = mmap.mmap(-1, nbytes + count)
+        self.images = np.frombuffer(self._buffer, np.uint8, count=nbytes).reshape(count, size, size, 3)
+        self.filled = np.frombuffer(self._buffer, np.uint8, count=count, offset=nbytes)
+
+    def get(self, index):
+        return self.images[index] if self.filled[index] else None
+
+    def put(self, index, image):
+        self.images[index] = image
+        self.filled[index] = 1  # written after the pixels, read before them
+
+
+class _EpochSync(keras.callbacks.Callback):
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.set_epoch(epoch)
+
+
+class CXRDataset(keras.utils.PyDataset):
+    """Batches of `(x, y[, sample_weight])` from a `Table`, for `Model.fit`.
+
+    `x` is uint8 `(B, S, S, 3)` (models take 0-255 input and normalise
+    inside; Keras casts it to the Input's float dtype), `y` is float32
+    `(B, C)` and `sample_weight` float32 `(B,)`, returned whenever the table
+    has sample weights. An unlabeled table gives `(x,)`.
+
+    Training mode (`training=True`): each epoch draws `len(self) *
+    batch_size` row indices with `draw_epoch` (class-balanced with
+    replacement by default; ``"none"`` is a permutation topped up to full
+    batches), then augments each image and mixes each batch. The row order
+    of epoch `e` comes from `epoch_rng(seed, e)`; batch `i`'s augmentation
+    and mixing from `batch_rng(seed, e, i)`.
+
+    Evaluation mode: the table's rows in CSV order, each exactly once, the
+    last batch partial; only the deterministic `Augmentation.preprocess`
+    (CLAHE / unsharp, when on) is applied.
+
+    Epochs: `epoch` starts at 0 and `on_epoch_end` adds 1. `Model.fit` calls
+    `on_epoch_end` once more before training starts, so without help epoch
+    `k` of `fit` uses dataset epoch `k + 1`. Pass `epoch_callback()` to
+    `fit` to use Keras's own epoch numbers (resuming with `initial_epoch`
+    then needs nothing else); without it, call `set_epoch(initial_epoch)`
+    before a resumed `fit`. Worker processes are forked after the callback
+    and after `on_epoch_end`, so they always see the current epoch.
+
+    Args:
+        table: a `Table`; must be labeled when `training=True`.
+        image_size: side length `S` of the square images.
+        batch_size: rows per batch.
+        training: training mode (sampling, augmentation, mixing) or
+            evaluation mode.
+        augmentation: an `Augmentation`, or `None` for none.
+        mixing: a `Mixing`, or `None` for none; used in training only.
+        sampling: ``"balanced"``, ``"sqrt"`` or ``"none"`` (training only).
+        seed: non-negative integer seed.
+        cache: keep decoded, resized (and preprocessed) images in shared
+            memory, `N * S * S * 3` bytes, so later epochs skip decoding.
+        workers, use_multiprocessing, max_queue_size: as `PyDataset`.
+
+    Example:
+
+    ```python
+    train = CXRDataset(read_table("cxr4/train.csv", labels="required"), 384,
+                       batch_size=24, training=True,
+                       augmentation=Augmentation(), mixing=Mixing(mixup_p=0.6),
+                       workers=4, use_multiprocessing=True)
+    val = CXRDataset(read_table("cxr4/val.csv", labels="required"), 384)
+    model.fit(train, validation_data=val, epochs=45,
+              callbacks=[train.epoch_callback()])
+    ```
+    """
+
+    def __init__(
+        self,
+        table,
+        image_size,
+        batch_size=32,
+        training=False,
+        augmentation=None,
+        mixing=None,
+        sampling="balanced",
+        seed=0,
+        cache=False,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+        if len(table) == 0:
+            raise ValueError(f"{table.csv_path}: the table has no rows")
+        if training and not table.is_labeled:
+            raise ValueError(f"{table.csv_path}: training needs a labeled table")
+        self._table = table
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.training = bool(training)
+        self.augmentation = augmentation
+        self.mixing = mixing if training else None
+        self.sampling = sampling
+        self.seed = int(seed)
+        self.epoch = 0
+        self._order = None  # (epoch, indices), recomputed lazily per epoch
+        self._cache = _SharedImageCache(len(table), self.image_size) if cache else None
+
+    # Pickled copies (spawn-started workers) cannot share the mapping.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    @property
+    def table(self):
+        return self._table
+
+    @property
+    def class_names(self):
+        return self._table.class_names
+
+    @property
+    def num_classes(self):
+        return len(self._table.class_names)
+
+    def __len__(self):
+        return math.ceil(len(self._table) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        """Make the next batches those of `epoch` (e.g. when resuming)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def epoch_callback(self):
+        """A Keras callback that sets this dataset's epoch to `fit`'s epoch."""
+        return _EpochSync(self)
+
+    def epoch_indices(self, epoch=None):
+        """Row indices of every batch of `epoch` (default: the current one), in order."""
+        if not self.training:
+            return np.arange(len(self._table))
+        epoch = self.epoch if epoch is None else epoch
+        cached = self._order
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        order = draw_epoch(
+            self._table.class_ids, self.sampling, epoch_rng(self.seed, epoch), size=len(self) * self.batch_size
+        )
+        self._order = (epoch, order)  # one tuple store: safe for worker threads
+        return order
+
+    def load(self, row):
+        """The resized, preprocessed uint8 image of table row `row`."""
+        image = self._cache.get(row) if self._cache is not None else None
+        if image is None:
+            image = load_image(self._table.paths[row], self.image_size)
+            if self.augmentation is not None:
+                image = self.augmentation.preprocess(image)
+            if self._cache is not None:
+                self._cache.put(row, image)
+        return image
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        epoch = self.epoch
+        rows = self.epoch_indices(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = batch_rng(self.seed, epoch, index) if self.training else None
+        x = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
+        for j, row in enumerate(rows):
+            image = self.load(row)
+            if rng is not None and self.augmentation is not None:
+                image = self.augmentation.apply(image, rng)
+            x[j] = image
+        table = self._table
+        if not table.is_labeled:
+            return (x,)
+        y = table.labels[rows]
+        w = None if table.sample_weight is None else table.sample_weight[rows]
+        if self.mixing is not None:
+            x, y, w = self.mixing.apply(x, y, w, rng)
+        y = np.asarray(y, np.float32)
+        return (x, y) if w is None else (x, y, np.asarray(w, np.float32))

@@ -1,0 +1,124 @@
+"""Decode an image file into a square uint8 RGB array.
+
+Every pixel the models see goes through `load_image`: training, evaluation
+and prediction resize the same way, so there is no train/test skew.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+class ImageError(ValueError):
+    """An image file cannot be decoded; the message names the file."""
+
+
+def _stretch_to_uint8(values):
+    """Scale an array linearly from its finite min..max onto 0..255.
+
+    16-bit and float X-rays rarely use their whole range (12-bit detectors,
+    windowed exports), so clipping would waste most of the 8 bits. A constant
+    image becomes all zeros.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = values[finite].min(), values[finite].max()
+    if hi <= lo:
+        return np.zeros(values.shape, np.uint8)
+    scaled = np.where(finite, (values - lo) * (255.0 / (hi - lo)), 0.0)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _composite_on_black(rgba):
+    """RGBA uint8 array -> RGB uint8 array, as if drawn over a black background."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def to_rgb_uint8(image):
+    """Convert a Pillow image of any common mode to an 8-bit RGB Pillow image.
+
+    - ``L``, ``1``, ``CMYK``, ``YCbCr``, ``RGBX``...: Pillow's own conversion.
+    - ``I;16*``, ``I``, ``F`` (16-bit, 32-bit and float): stretched from their
+      actual min..max to 0..255, then replicated to RGB.
+    - Alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency): composited
+      on black, so transparent areas read as "no signal" like an X-ray's
+      background.
+
+    Args:
+        image: a `PIL.Image.Image`, already opened.
+
+    Returns:
+        A `PIL.Image.Image` in mode ``RGB``.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        gray = _stretch_to_uint8(np.asarray(image))
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        rgba = np.asarray(image.convert("RGBA"))
+        return Image.fromarray(_composite_on_black(rgba))
+    return image.convert("RGB")
+
+
+def load_image(path, size):
+    """Decode `path` and resize it to `(size, size)` RGB uint8.
+
+    The resize is Pillow BILINEAR straight to a square (the aspect ratio is
+    not kept), which antialiases when shrinking. EXIF orientation is
+    ignored: the pixels are used as stored.
+
+    Args:
+        path: image file path (JPEG, PNG, or anything Pillow reads).
+        size: output side length in pixels.
+
+    Returns:
+        `np.ndarray` of shape `(size, size, 3)` and dtype uint8.
+
+    Raises:
+        ImageError: for a missing, empty, truncated, non-image or
+            oversized (decompression bomb) file; the message names `path`.
+
+    Example:
+
+    ```python
+    x = load_image("cxr4/images/2.jpeg", 384)  # (384, 384, 3) uint8
+    ```
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make
+            # it an error here rather than toggle global warning filters,
+            # which is not thread-safe in the data workers.
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and image.width * image.height > limit:
+                raise ImageError(
+                    f"{path}: {image.width}x{image.height} pixels exceeds the "
+                    f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+                )
+            image.load()
+            rgb = to_rgb_uint8(image)
+            rgb = rgb.resize((int(size), int(size)), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large, possible decompression bomb ({e})") from e
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except Exception as e:
+        # Pillow's decoders raise a zoo of types for broken files (OSError,
+        # SyntaxError, struct.error, EOFError, ValueError...).
+        reason = "empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else str(e)
+        raise ImageError(f"{path}: cannot read image: {reason} ({type(e).__name__})") from e

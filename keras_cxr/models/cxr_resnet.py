@@ -1,0 +1,96 @@
+"""`cxr_resnet`: a small ResNet with basic blocks that trains on a CPU.
+
+Stem Conv3x3(stride 2)+BN+ReLU, then one stage per width; each stage's first
+block has stride 1 (first stage) or 2 (the others). A basic block is two 3x3
+conv+BN with a 1x1 conv+BN projection shortcut where the stride or width
+changes. Inputs are 0-255 pixels, rescaled to [-1, 1] inside.
+"""
+
+import keras
+
+from keras_cxr.models import weights as weights_lib
+from keras_cxr.models.registry import ModelSpec, register
+
+WIDTHS = (32, 64, 128, 256)
+BLOCKS = (1, 1, 1, 1)
+STEM_WIDTH = 32
+
+
+def _conv_bn(x, filters, kernel_size, strides, name, relu=True):
+    x = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        kernel_initializer="he_normal", name=f"{name}_conv",
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _basic_block(x, filters, strides, name):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 3, strides, f"{name}_1")
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", relu=False)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def cxr_resnet_backbone(
+    image_size, widths=WIDTHS, blocks=BLOCKS, stem_width=STEM_WIDTH, name="backbone"
+):
+    """The `cxr_resnet` feature extractor.
+
+    Args:
+        image_size: input side in pixels.
+        widths: channels of each stage.
+        blocks: basic blocks per stage (same length as `widths`).
+        stem_width: channels of the stride-2 stem convolution.
+        name: the model's name.
+
+    Returns:
+        A functional `keras.Model`: 0-255 images to the last feature map
+        `(batch, image_size / 2**len(widths), ..., widths[-1])`.
+
+    Example:
+    ```python
+    backbone = cxr_resnet_backbone(128, widths=(16, 32, 64, 128))
+    ```
+    """
+    if len(widths) != len(blocks) or not widths or min(blocks) < 1:
+        raise ValueError(
+            f"widths and blocks need the same, non-zero length and blocks >= 1; "
+            f"got widths={widths}, blocks={blocks}"
+        )
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(images)
+    x = _conv_bn(x, stem_width, 3, 2, "stem")
+    for stage, (width, count) in enumerate(zip(widths, blocks)):
+        for block in range(count):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, width, strides, f"stage{stage + 1}_block{block + 1}")
+    return keras.Model(images, x, name=name)
+
+
+def _features(images, name, image_size, source):
+    if source.kind not in (weights_lib.NONE, weights_lib.FILE):
+        raise weights_lib.unsupported(source, name, ["None", "a .weights.h5 file"])
+    backbone = cxr_resnet_backbone(image_size)
+    if source.kind == weights_lib.FILE:
+        weights_lib.load_file(backbone, source.path, name)
+    x = backbone(images)
+    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+register(
+    ModelSpec(
+        name="cxr_resnet",
+        family="cxr_resnet",
+        default_image_size=128,
+        default_dropout=0.2,
+        description="Small ResNet (basic blocks, widths 32-256) for CPU training.",
+        params="1.23M",
+    ),
+    _features,
+)

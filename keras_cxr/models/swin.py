@@ -1,0 +1,130 @@
+"""Swin Transformer T/S/B/L as keras-hub `SwinTransformerBackbone`s.
+
+The model nests the `SwinTransformerBackbone` object itself: its config is
+complete, whereas a plain functional copy of its graph cannot be saved
+(keras-hub's `PatchEmbedding.get_config()` fails). keras_hub is imported only
+inside the functions that build a backbone.
+"""
+
+import keras
+
+from keras_cxr.models import weights as weights_lib
+from keras_cxr.models.layers import ImageNetNormalization
+from keras_cxr.models.registry import ModelSpec, register
+
+# The architectures of the keras-hub presets below (patch 4, MLP ratio 4).
+ARCHS = {
+    "swin_t": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24),
+               "window_size": 7},
+    "swin_s": {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24),
+               "window_size": 7},
+    "swin_b": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32),
+               "window_size": 7},
+    "swin_l": {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48),
+               "window_size": 12},
+    "tiny_swin": {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 4,
+                  "drop_path": 0.0},
+}
+
+PRESETS = {
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+    "swin_l": "swin_large_patch4_window12_384",
+}
+
+PATCH_SIZE = 4
+
+
+def check_image_size(name, image_size):
+    """Raise ValueError unless `image_size` fits the Swin variant `name`.
+
+    keras-hub's Swin needs every stage's resolution to halve exactly, and the
+    last stage to be at least one window wide (it fails otherwise).
+    """
+    arch = ARCHS[name]
+    stride = PATCH_SIZE * 2 ** (len(arch["depths"]) - 1)
+    smallest = stride * arch["window_size"]
+    if image_size % stride or image_size < smallest:
+        raise ValueError(
+            f"{name} needs image_size to be a multiple of {stride} and at least "
+            f"{smallest} (window {arch['window_size']}), got {image_size}"
+        )
+
+
+def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
+    """The keras-hub `SwinTransformerBackbone` of a name, named "backbone".
+
+    Args:
+        name: `"swin_t"`, `"swin_s"`, `"swin_b"`, `"swin_l"` or `"tiny_swin"`.
+        image_size: input side in pixels (see `check_image_size`).
+        source: a `weights.WeightsSource`: none, imagenet (keras-hub preset
+            from Kaggle), a local preset directory, or a weights file.
+
+    Returns:
+        The backbone: ImageNet-normalised images to tokens
+        `(batch, tokens, channels)`.
+
+    Example:
+    ```python
+    backbone = swin_backbone("tiny_swin", 64)
+    backbone.save_to_preset("/tmp/tiny_swin_preset")
+    ```
+    """
+    import keras_hub
+
+    check_image_size(name, image_size)
+    shape = (image_size, image_size, 3)
+    if source.kind == weights_lib.IMAGENET and name not in PRESETS:
+        accepted = ["None", "a preset directory", "a .weights.h5 file"]
+        raise weights_lib.unsupported(source, name, accepted)
+    if source.kind in (weights_lib.IMAGENET, weights_lib.PRESET_DIR):
+        preset = PRESETS[name] if source.kind == weights_lib.IMAGENET else source.path
+        return keras_hub.models.SwinTransformerBackbone.from_preset(
+            preset, image_shape=shape, name="backbone"
+        )
+    backbone = keras_hub.models.SwinTransformerBackbone(
+        image_shape=shape, patch_size=PATCH_SIZE, name="backbone", **ARCHS[name]
+    )
+    if source.kind == weights_lib.FILE:
+        weights_lib.load_file(backbone, source.path, name)
+    return backbone
+
+
+def _features(images, name, image_size, source):
+    check_image_size(name, image_size)  # before the slow keras_hub import
+    x = ImageNetNormalization(name="normalize")(images)
+    x = swin_backbone(name, image_size, source)(x)
+    return keras.layers.GlobalAveragePooling1D(name="pool")(x)
+
+
+for _name, _size, _params, _what in [
+    ("swin_t", 384, "27.5M", "Swin-T (window 7)"),
+    ("swin_s", 384, "48.8M", "Swin-S (window 7)"),
+    ("swin_b", 384, "86.7M", "Swin-B (window 7)"),
+    ("swin_l", 384, "195.2M", "Swin-L (window 12)"),
+]:
+    register(
+        ModelSpec(
+            name=_name,
+            family="swin",
+            default_image_size=_size,
+            default_dropout=0.2,
+            description=f"{_what} (keras-hub SwinTransformerBackbone), mean-pooled tokens.",
+            params=_params,
+            pretrained=f"keras-hub preset {PRESETS[_name]}",
+        ),
+        _features,
+    )
+
+register(
+    ModelSpec(
+        name="tiny_swin",
+        family="swin",
+        default_image_size=64,
+        default_dropout=0.2,
+        description="Two-stage Swin Transformer (window 4) for tests.",
+        params="35.5k",
+    ),
+    _features,
+)

@@ -1,0 +1,329 @@
+"""The training recipe: one typed schema, loaded from a Python file.
+
+A recipe file is plain Python that defines ``recipe = Recipe(...)``::
+
+    from keras_cxr.recipe import Recipe, Model, Optimizer
+
+    recipe = Recipe(model=Model(name="effv2_s", image_size=384), epochs=45)
+
+Every field below is read by `keras_cxr.training.fit_recipe`; an unknown
+field is an error that names it and suggests the closest known one.
+"""
+
+import ast
+import dataclasses
+import pathlib
+import re
+import runpy
+import typing
+
+from keras_cxr import CLASS_NAMES
+from keras_cxr.config import Config, ConfigError, unknown_field_error
+from keras_cxr.data.augment import Augmentation
+from keras_cxr.data.mixing import Mixing
+
+Precision = typing.Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Data(Config):
+    """Where the training and validation tables are.
+
+    Args:
+        data_dir: folder holding `train_csv`, `val_csv` and `images_dir`.
+            None trains on the embedded synthetic data set (no download).
+        train_csv, val_csv: table file names inside `data_dir`.
+        images_dir: image folder inside `data_dir` (rows with a
+            `source_dir` column use that instead).
+        filename_column: the CSV column holding image file names.
+        class_names: the one-hot label columns, in model output order.
+        cache: keep decoded, resized images in memory after the first epoch.
+        workers: `keras.utils.PyDataset` loader workers (0 or 1: in-process).
+        use_multiprocessing: loader workers are processes, not threads.
+    """
+
+    data_dir: str | None = None
+    train_csv: str = "train.csv"
+    val_csv: str = "val.csv"
+    images_dir: str = "images"
+    filename_column: str = "new_filename"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    cache: bool = True
+    workers: int = 1
+    use_multiprocessing: bool = False
+
+    def validate(self):
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"Data.class_names must be 2+ distinct names, got {self.class_names}")
+        if self.workers < 0:
+            raise ConfigError(f"Data.workers must be >= 0, got {self.workers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model(Config):
+    """The network: see `keras-cxr models` for names, sizes and dropouts.
+
+    Args:
+        name: a name from `keras_cxr.models.names()`.
+        image_size: input side in pixels; None takes the model's default.
+        dropout: head dropout; None takes the model's default.
+        weights: None (random init), "imagenet", a keras-hub preset folder
+            or a `.weights.h5` file.
+    """
+
+    name: str = "cxr_resnet"
+    image_size: int | None = None
+    dropout: float | None = None
+    weights: str | None = None
+
+    def validate(self):
+        from keras_cxr import models
+
+        if self.name not in models.names():
+            raise ConfigError(
+                f"Model.name: unknown model {self.name!r}; known: {', '.join(models.names())}"
+            )
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"Model.image_size must be >= 16, got {self.image_size}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"Model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss(Config):
+    """Focal loss settings (`keras_cxr.losses.FocalLoss`).
+
+    Args:
+        alpha: per-class weights in `Data.class_names` order, or None.
+        gamma: focusing exponent; 0 gives label-smoothed cross-entropy.
+        label_smoothing: mass moved from the true class to the others.
+    """
+
+    alpha: tuple[float, ...] | None = None
+    gamma: float = 0.0
+    label_smoothing: float = 0.0
+
+    def validate(self):
+        if self.gamma < 0:
+            raise ConfigError(f"Loss.gamma must be >= 0, got {self.gamma}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"Loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.alpha is not None and any(a <= 0 for a in self.alpha):
+            raise ConfigError(f"Loss.alpha must be positive, got {self.alpha}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer(Config):
+    """AdamW (or Adam / SGD with Nesterov momentum).
+
+    Args:
+        name: "adamw", "adam" or "sgd".
+        learning_rate: peak learning rate reached after warmup.
+        weight_decay: decoupled weight decay (AdamW, SGD).
+        ema: keep an exponential moving average of the weights
+            (`use_ema`); checkpoints and SWA then use the averaged weights.
+        ema_momentum: the average's momentum.
+        clipnorm: clip each gradient to this norm; None for no clipping.
+    """
+
+    name: typing.Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    ema: bool = False
+    ema_momentum: float = 0.999
+    clipnorm: float | None = None
+
+    def validate(self):
+        if self.learning_rate <= 0:
+            raise ConfigError(f"Optimizer.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.ema_momentum < 1.0:
+            raise ConfigError(f"Optimizer.ema_momentum must be in (0, 1), got {self.ema_momentum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule(Config):
+    """Per-step linear warmup, then cosine decay to a floor.
+
+    Args:
+        warmup_epochs: length of the linear warmup (fractions allowed).
+        min_lr: the learning rate at the last step.
+    """
+
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class SWA(Config):
+    """Stochastic weight averaging.
+
+    Args:
+        start_epoch: first epoch (1-based, as Keras prints it) whose end
+            weights enter the average; None turns SWA off.
+        learning_rate: constant learning rate from `start_epoch` on; None
+            keeps the warmup-cosine schedule.
+    """
+
+    start_epoch: int | None = None
+    learning_rate: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping(Config):
+    """Stop when validation Macro-F1 stops improving.
+
+    Args:
+        patience: epochs without improvement before stopping; None: never.
+        min_delta: the smallest change that counts as an improvement.
+    """
+
+    patience: int | None = None
+    min_delta: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(Config):
+    """A complete training run.
+
+    Args:
+        data, model, augmentation, mixing, loss, optimizer, schedule, swa,
+        early_stopping: the sections above.
+        sampling: "balanced" (weight N / class count), "sqrt" or "none".
+        precision: "auto" (mixed_float16 on GPU, float32 on CPU),
+            "float32", "mixed_float16" or "mixed_bfloat16".
+        epochs: maximum number of epochs.
+        batch_size: images per step.
+        seed: seeds sampling, augmentation and weight initialisation.
+        output: run directory used when `keras-cxr fit` gets no `--out`.
+    """
+
+    data: Data = Data()
+    model: Model = Model()
+    augmentation: Augmentation = Augmentation()
+    mixing: Mixing = Mixing()
+    sampling: typing.Literal["balanced", "sqrt", "none"] = "balanced"
+    loss: Loss = Loss()
+    optimizer: Optimizer = Optimizer()
+    schedule: Schedule = Schedule()
+    swa: SWA = SWA()
+    early_stopping: EarlyStopping = EarlyStopping()
+    precision: Precision = "auto"
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 42
+    output: str = "runs/recipe"
+
+    def validate(self):
+        if self.epochs < 1:
+            raise ConfigError(f"Recipe.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"Recipe.batch_size must be >= 1, got {self.batch_size}")
+        if self.loss.alpha is not None and len(self.loss.alpha) != len(self.data.class_names):
+            raise ConfigError(
+                f"Loss.alpha has {len(self.loss.alpha)} values but Data.class_names has "
+                f"{len(self.data.class_names)} classes"
+            )
+        if self.swa.start_epoch is not None and not 1 <= self.swa.start_epoch <= self.epochs:
+            raise ConfigError(
+                f"SWA.start_epoch must be between 1 and epochs={self.epochs}, got {self.swa.start_epoch}"
+            )
+
+
+def load_recipe(path):
+    """Run a recipe file and return the `Recipe` it defines as `recipe`."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        namespace = runpy.run_path(str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{path}: {_explain_type_error(e)}") from None
+    recipe = namespace.get("recipe")
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"{path} must define `recipe = Recipe(...)`; found {type(recipe).__name__}")
+    return recipe
+
+
+def _sections():
+    found, todo = {}, [Recipe]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        hints = typing.get_type_hints(cls)
+        todo += [t for t in hints.values() if isinstance(t, type) and issubclass(t, Config)]
+    return found
+
+
+def _explain_type_error(error):
+    """Turn dataclass "unexpected keyword argument" errors into field errors."""
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(error))
+    cls = _sections().get(match.group(1)) if match else None
+    if cls is None:
+        return str(error)
+    return str(unknown_field_error(cls, match.group(2), ""))
+
+
+def parse_value(text):
+    """Read a ``--set`` value: Python/JSON literals, else the bare string."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(recipe, assignments):
+    """Apply ``dotted.key=value`` strings (the CLI's ``--set``) in order."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {assignment!r}")
+        try:
+            recipe = recipe.with_value(key.strip(), parse_value(value))
+        except ConfigError as e:
+            raise ConfigError(f"--set {assignment}: {e}") from None
+    return recipe
+
+
+def seed_recipe(**changes):
+    """The seed report's GPU recipe, with `changes` applied.
+
+    EfficientNetV2-S at 384 px from ImageNet weights; rotation 10, translate
+    8%, scale 0.92-1.08, shear 12, brightness/contrast 0.2, random erasing
+    0.35; Mixup (p 0.6, alpha 1.2) and CutMix (p 0.5, alpha 1.0); balanced
+    sampling; focal alpha [1, 1.5, 2, 12], gamma 3.5, smoothing 0.12; AdamW
+    8e-5, weight decay 1.5e-4, batch 24, 45 epochs, 6 warmup epochs then
+    cosine to 1e-6; early stopping patience 12; SWA from epoch 35.
+
+    Example:
+
+    ```python
+    recipe = seed_recipe(model=Model(name="swin_l", image_size=384, weights="imagenet"))
+    ```
+    """
+    base = Recipe(
+        model=Model(name="effv2_s", image_size=384, dropout=0.25, weights="imagenet"),
+        augmentation=Augmentation(
+            rotation=10.0, translate=0.08, scale=(0.92, 1.08), shear=12.0,
+            brightness=0.2, contrast=0.2, erasing_p=0.35,
+        ),
+        mixing=Mixing(mixup_p=0.6, mixup_alpha=1.2, cutmix_p=0.5, cutmix_alpha=1.0),
+        sampling="balanced",
+        loss=Loss(alpha=(1.0, 1.5, 2.0, 12.0), gamma=3.5, label_smoothing=0.12),
+        optimizer=Optimizer(name="adamw", learning_rate=8e-5, weight_decay=1.5e-4),
+        schedule=Schedule(warmup_epochs=6, min_lr=1e-6),
+        swa=SWA(start_epoch=35),
+        early_stopping=EarlyStopping(patience=12, min_delta=1e-4),
+        precision="auto",
+        epochs=45,
+        batch_size=24,
+        seed=42,
+        output="runs/seed",
+    )
+    return base.replace(**changes)

@@ -1,0 +1,246 @@
+"""Run a recipe: tables -> datasets -> model -> fit -> run directory.
+
+`fit_recipe` is what `keras-cxr fit` calls. A run directory holds:
+
+- `best.keras`: the model with the best validation Macro-F1 (the SWA
+  model when SWA is on and scores higher),
+- `swa.keras`: the weight-averaged model, when SWA is on,
+- `history.csv`, `curves.png`: per-epoch losses, val Macro-F1, learning rate,
+- `val_probs.csv`: `best.keras`'s validation probabilities, CSV order,
+- `metrics.json`, `confusion.png`: validation scores and timings,
+- `recipe.json`: the resolved recipe.
+"""
+
+import pathlib
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+
+from keras_cxr import models
+from keras_cxr.callbacks import SWA, MacroF1Checkpoint, WarmupCosine
+from keras_cxr.data import CXRDataset, read_table
+from keras_cxr.evaluation import classification_summary
+from keras_cxr.io import write_csv_atomic, write_json_atomic
+from keras_cxr.losses import FocalLoss
+from keras_cxr.plots import plot_confusion_matrix, plot_history
+from keras_cxr.precision import set_precision
+from keras_cxr.predict import predict_with_labels
+from keras_cxr.probabilities import write_probabilities
+from keras_cxr.seeding import set_seed
+
+
+class RunDirectoryError(ValueError):
+    """The output folder cannot be used."""
+
+
+class _TrainThroughput(keras.callbacks.Callback):
+    """Training images per second, excluding the end-of-epoch validation."""
+
+    def __init__(self, images_per_epoch):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.seconds = 0.0
+        self.epochs = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds += self._last - self._start
+        self.epochs += 1
+
+    @property
+    def images_per_second(self):
+        return self.epochs * self.images_per_epoch / max(self.seconds, 1e-9)
+
+
+def prepare_run_directory(out_dir, overwrite=False):
+    """Create `out_dir`, refusing to mix two runs' artifacts in one folder."""
+    out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} exists and is not a folder")
+    if (out / "metrics.json").exists() and not overwrite:
+        raise RunDirectoryError(
+            f"--out {out} already holds a finished run (metrics.json); "
+            "choose another folder or pass --overwrite"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirectoryError(f"--out {out} is not writable: {e.strerror or e}") from None
+    return out
+
+
+def resolve_data_dir(data):
+    """The recipe's data folder, or the embedded synthetic data set."""
+    if data.data_dir is not None:
+        return pathlib.Path(data.data_dir)
+    from keras_cxr.data.synthetic import ensure_default_dataset
+
+    return pathlib.Path(ensure_default_dataset())
+
+
+def load_tables(data):
+    root = resolve_data_dir(data)
+    kwargs = dict(
+        images_dir=root / data.images_dir,
+        class_names=data.class_names,
+        filename_column=data.filename_column,
+        labels="required",
+    )
+    return read_table(root / data.train_csv, **kwargs), read_table(root / data.val_csv, **kwargs)
+
+
+def make_optimizer(config):
+    common = dict(
+        learning_rate=config.learning_rate,
+        use_ema=config.ema,
+        ema_momentum=config.ema_momentum,
+        clipnorm=config.clipnorm,
+    )
+    if config.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    if config.name == "adam":
+        return keras.optimizers.Adam(**common)
+    return keras.optimizers.SGD(momentum=0.9, nesterov=True, weight_decay=config.weight_decay, **common)
+
+
+def make_datasets(recipe, train_table, val_table, image_size):
+    data = recipe.data
+    loader = dict(workers=data.workers, use_multiprocessing=data.use_multiprocessing, cache=data.cache)
+    train = CXRDataset(
+        train_table,
+        image_size,
+        batch_size=recipe.batch_size,
+        training=True,
+        augmentation=recipe.augmentation,
+        mixing=recipe.mixing,
+        sampling=recipe.sampling,
+        seed=recipe.seed,
+        **loader,
+    )
+    val = CXRDataset(
+        val_table,
+        image_size,
+        batch_size=recipe.batch_size,
+        training=False,
+        augmentation=recipe.augmentation,
+        **loader,
+    )
+    return train, val
+
+
+def build_model(recipe, num_classes):
+    config = recipe.model
+    return models.build(
+        config.name,
+        num_classes=num_classes,
+        image_size=config.image_size,
+        dropout=config.dropout,
+        weights=config.weights,
+    )
+
+
+def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
+    """Train `recipe` and write its run directory; returns the metrics dict."""
+    started = time.perf_counter()
+    out = prepare_run_directory(out_dir, overwrite=overwrite)
+    train_table, val_table = load_tables(recipe.data)
+    class_names = recipe.data.class_names
+
+    write_json_atomic(recipe.to_dict(), out / "recipe.json")
+    set_seed(recipe.seed)
+    precision = set_precision(recipe.precision)
+    model = build_model(recipe, len(class_names))
+    image_size = int(model.input_shape[1])
+    train_data, val_data = make_datasets(recipe, train_table, val_table, image_size)
+
+    model.compile(
+        optimizer=make_optimizer(recipe.optimizer),
+        loss=FocalLoss(
+            alpha=recipe.loss.alpha,
+            gamma=recipe.loss.gamma,
+            label_smoothing=recipe.loss.label_smoothing,
+        ),
+    )
+
+    best_path = out / "best.keras"
+    checkpoint = MacroF1Checkpoint(val_data, filepath=str(best_path), verbose=verbose)
+    throughput = _TrainThroughput(len(train_table))
+    callbacks = [
+        WarmupCosine(
+            recipe.optimizer.learning_rate,
+            warmup_epochs=recipe.schedule.warmup_epochs,
+            min_lr=recipe.schedule.min_lr,
+        ),
+        throughput,
+        train_data.epoch_callback(),
+        checkpoint,
+    ]
+    if recipe.early_stopping.patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_macro_f1",
+                mode="max",
+                patience=recipe.early_stopping.patience,
+                min_delta=recipe.early_stopping.min_delta,
+            )
+        )
+    # SWA goes last: its constant learning rate overrides WarmupCosine's, and
+    # its end-of-training weights must not be overwritten by another callback.
+    swa = None
+    if recipe.swa.start_epoch is not None:
+        swa = SWA(
+            start_epoch=recipe.swa.start_epoch - 1,
+            swa_lr=recipe.swa.learning_rate,
+            bn_data=train_data,
+            validation_data=val_data,
+            filepath=str(out / "swa.keras"),
+            checkpoint=checkpoint,
+            verbose=verbose,
+        )
+        callbacks.append(swa)
+
+    # Keras builds compiled metrics by pulling one batch; with loader workers
+    # the batches prefetched then would leak into the first epoch, so build
+    # them here on a validation batch.
+    model.evaluate(*val_data[0][:2], verbose=0)
+    # The dataset draws its own seeded order each epoch; Keras's shuffle would
+    # reorder batches with the unseeded global RNG.
+    history = model.fit(train_data, epochs=recipe.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    history_frame = pd.DataFrame(history.history)
+    history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
+    write_csv_atomic(history_frame, out / "history.csv")
+    plot_history(history.history, out / "curves.png")
+
+    best = keras.saving.load_model(best_path)
+    val_probs, val_targets = predict_with_labels(best, val_data)
+    write_probabilities(out / "val_probs.csv", val_table.filenames, val_probs, class_names, recipe.data.filename_column)
+    summary = classification_summary(val_targets.argmax(axis=1), val_probs, class_names)
+    plot_confusion_matrix(summary["confusion_matrix"], class_names, out / "confusion.png",
+                          title=f"validation, Macro-F1 {summary['macro_f1']:.3f}")
+
+    metrics = {
+        "best_epoch": checkpoint.best_epoch + 1 if checkpoint.best_source == "epoch" else None,
+        "best_source": checkpoint.best_source,
+        "val_macro_f1": summary["macro_f1"],
+        "validation": summary,
+        "swa": None if swa is None else {"val_macro_f1": swa.swa_score, "models_averaged": swa.n_averaged, "used": swa.used},
+        "epochs_run": len(history_frame),
+        "precision": precision,
+        "image_size": image_size,
+        "train_images": len(train_table),
+        "val_images": len(val_table),
+        "train_images_per_second": throughput.images_per_second,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json_atomic(metrics, out / "metrics.json")
+    return metrics

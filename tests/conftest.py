@@ -1,0 +1,26 @@
+import os
+import pathlib
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CXR4 = (REPO / ".." / "shared" / "data" / "cxr4").resolve()
+
+
+@pytest.fixture
+def cxr4_dir():
+    """The real chest X-ray sample beside the checkout (CI always has it)."""
+    if not (CXR4 / "train.csv").exists():
+        pytest.skip(f"real data not found at {CXR4} (../shared/data/cxr4 beside the repository)")
+    return CXR4
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Tests that switch to mixed precision must not leak it into other tests."""
+    import keras
+
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
