@@ -59,8 +59,7 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())
     click.echo(
         f"val Macro-F1 {metrics['val_macro_f1']:.4f} ({per_class}); "
-        f"best from {metrics['best_source']}"
-        + (f" epoch {metrics['best_epoch']}" if metrics["best_epoch"] else "")
+        + ("best model: SWA" if metrics["best_source"] == "swa" else f"best epoch {metrics['best_epoch']}")
         + f"; {metrics['seconds']:.0f} s; run directory: {out}"
     )
 

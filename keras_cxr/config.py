@@ -134,16 +134,33 @@ class Config:
                 raise unknown_field_error(type(self), key, "")
         return dataclasses.replace(self, **changes)
 
-    def with_value(self, dotted_key, value, _prefix=""):
-        """Return a copy with `dotted_key` (e.g. ``"optimizer.learning_rate"``) set."""
-        head, _, rest = dotted_key.partition(".")
-        if head not in {f.name for f in dataclasses.fields(self)}:
-            raise unknown_field_error(type(self), head, _prefix.rstrip("."))
-        if rest:
-            section = getattr(self, head)
-            if not isinstance(section, Config):
-                raise ConfigError(
-                    f"{_prefix}{head} is a value, not a section: cannot set {_prefix}{dotted_key}"
-                )
-            value = section.with_value(rest, value, _prefix=f"{_prefix}{head}.")
-        return dataclasses.replace(self, **{head: value})
+    @classmethod
+    def _field_type(cls, dotted_key):
+        """The annotation of `dotted_key`, or a ConfigError naming the bad part."""
+        section, prefix = cls, ""
+        parts = dotted_key.split(".")
+        for i, part in enumerate(parts):
+            if part not in {f.name for f in dataclasses.fields(section)}:
+                raise unknown_field_error(section, part, prefix.rstrip("."))
+            tp = typing.get_type_hints(section)[part]
+            if i == len(parts) - 1:
+                return tp
+            if not (isinstance(tp, type) and issubclass(tp, Config)):
+                raise ConfigError(f"{prefix}{part} is a value, not a section: cannot set {dotted_key}")
+            section, prefix = tp, f"{prefix}{part}."
+
+    def with_values(self, assignments):
+        """Return a copy with every ``{"dotted.key": value}`` set, checked once at the end.
+
+        Checking after all assignments lets one change make another valid
+        (e.g. fewer `epochs` together with an earlier `swa.start_epoch`).
+        """
+        data = self.to_dict()
+        for key, value in assignments.items():
+            self._field_type(key)
+            *sections, last = key.split(".")
+            node = data
+            for part in sections:
+                node = node[part]
+            node[last] = value
+        return type(self).from_dict(data)

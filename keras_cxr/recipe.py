@@ -279,16 +279,19 @@ def parse_value(text):
 
 
 def apply_overrides(recipe, assignments):
-    """Apply ``dotted.key=value`` strings (the CLI's ``--set``) in order."""
+    """Apply ``dotted.key=value`` strings (the CLI's ``--set``); later ones win."""
+    values = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"--set expects dotted.key=value, got {assignment!r}")
         try:
-            recipe = recipe.with_value(key.strip(), parse_value(value))
+            Recipe._field_type(key)
         except ConfigError as e:
             raise ConfigError(f"--set {assignment}: {e}") from None
-    return recipe
+        values[key] = parse_value(value)
+    return recipe.with_values(values)
 
 
 def seed_recipe(**changes):

@@ -1,7 +1,12 @@
 import os
 import pathlib
 
+import tempfile
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# The embedded synthetic data set is generated once per test session, here,
+# not in the user's cache; subprocesses inherit the variable.
+os.environ["KERAS_CXR_CACHE"] = tempfile.mkdtemp(prefix="keras-cxr-test-cache-")
 
 import pytest  # noqa: E402
 

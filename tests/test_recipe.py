@@ -85,6 +85,16 @@ def test_overrides_convert_types_and_reject_unknown_keys():
         apply_overrides(Recipe(), ["epochs.x=1"])
     with pytest.raises(ConfigError, match=r"expects dotted.key=value"):
         apply_overrides(Recipe(), ["epochs"])
+    with pytest.raises(ConfigError, match=r"Recipe.epochs: expected an integer, got 'ten'"):
+        apply_overrides(Recipe(), ["epochs=ten"])
+
+
+def test_overrides_are_checked_together_not_one_by_one():
+    recipe = Recipe(epochs=40, swa=SWA(start_epoch=31))
+    shorter = apply_overrides(recipe, ["epochs=3", "swa.start_epoch=none"])
+    assert shorter.epochs == 3 and shorter.swa.start_epoch is None
+    with pytest.raises(ConfigError, match="SWA.start_epoch must be between 1 and epochs=3"):
+        apply_overrides(recipe, ["epochs=3"])
 
 
 def test_parse_value():

@@ -14,6 +14,7 @@ from keras_cxr.models.registry import ModelSpec, register
 WIDTHS = (32, 64, 128, 256)
 BLOCKS = (1, 1, 1, 1)
 STEM_WIDTH = 32
+BN_MOMENTUM = 0.9
 
 
 def _conv_bn(x, filters, kernel_size, strides, name, relu=True):
@@ -21,7 +22,10 @@ def _conv_bn(x, filters, kernel_size, strides, name, relu=True):
         filters, kernel_size, strides=strides, padding="same", use_bias=False,
         kernel_initializer="he_normal", name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    # Momentum 0.9 (torch's 0.1): Keras's default 0.99 lags far behind the
+    # weights in short from-scratch runs, and validation then sees stale
+    # statistics.
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x

@@ -99,9 +99,9 @@ def _features(images, name, image_size, source):
 
 
 for _name, _size, _params, _what in [
-    ("swin_t", 384, "27.5M", "Swin-T (window 7)"),
-    ("swin_s", 384, "48.8M", "Swin-S (window 7)"),
-    ("swin_b", 384, "86.7M", "Swin-B (window 7)"),
+    ("swin_t", 224, "27.5M", "Swin-T (window 7)"),
+    ("swin_s", 224, "48.8M", "Swin-S (window 7)"),
+    ("swin_b", 224, "86.7M", "Swin-B (window 7)"),
     ("swin_l", 384, "195.2M", "Swin-L (window 12)"),
 ]:
     register(

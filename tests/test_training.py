@@ -1,0 +1,130 @@
+"""`fit_recipe` end to end on the synthetic data: the run directory and its promises."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from keras_cxr.data import Augmentation, Mixing, read_table
+from keras_cxr.recipe import SWA, Data, EarlyStopping, Loss, Model, Optimizer, Recipe, Schedule
+from keras_cxr.training import RunDirectoryError, fit_recipe
+
+
+def tiny_recipe(**changes):
+    recipe = Recipe(
+        data=Data(data_dir=None, workers=1),
+        model=Model(name="cxr_resnet", image_size=32, dropout=0.1),
+        augmentation=Augmentation(erasing_p=0.2),
+        mixing=Mixing(mixup_p=0.3, cutmix_p=0.3),
+        loss=Loss(alpha=(1.0, 1.0, 1.0, 2.0), gamma=1.0, label_smoothing=0.05),
+        optimizer=Optimizer(learning_rate=2e-3, weight_decay=1e-2),
+        schedule=Schedule(warmup_epochs=1, min_lr=1e-5),
+        swa=SWA(start_epoch=2),
+        precision="float32",
+        epochs=3,
+        batch_size=32,
+        seed=7,
+    )
+    return recipe.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    recipe = tiny_recipe()
+    out = tmp_path_factory.mktemp("run")
+    metrics = fit_recipe(recipe, out, verbose=0)
+    return recipe, out, metrics
+
+
+def test_run_directory_holds_every_artifact(run):
+    recipe, out, metrics = run
+    for name in ("best.keras", "swa.keras", "history.csv", "val_probs.csv", "metrics.json",
+                 "recipe.json", "curves.png", "confusion.png"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert Recipe.from_dict(json.loads((out / "recipe.json").read_text())) == recipe
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert {"loss", "lr", "val_macro_f1"} <= set(history.columns)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["epochs_run"] == 3 and saved["image_size"] == 32
+    assert saved["train_images"] == 232 and saved["val_images"] == 60
+    assert saved["train_images_per_second"] > 0 and saved["seconds"] > 0
+    assert saved["swa"]["models_averaged"] == 2
+    assert saved["best_source"] in ("epoch", "swa")
+    assert np.array(saved["validation"]["confusion_matrix"]).sum() == 60
+
+
+def test_val_probs_match_a_fresh_prediction_of_best_keras(run, tmp_path):
+    recipe, out, metrics = run
+    val_probs = pd.read_csv(out / "val_probs.csv")
+    table = read_table(metrics_data_dir(out) / "val.csv")
+    assert list(val_probs["new_filename"]) == list(table.filenames)
+    assert list(val_probs.columns[1:]) == list(recipe.data.class_names)
+    np.testing.assert_allclose(val_probs.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
+    # A fresh process that only imports keras_cxr reloads best.keras and predicts.
+    script = (
+        "import sys, numpy as np, keras, keras_cxr\n"
+        "from keras_cxr.data import read_table, load_image\n"
+        "t = read_table(sys.argv[2])\n"
+        "x = np.stack([load_image(p, 32) for p in t.paths])\n"
+        "np.save(sys.argv[3], keras.saving.load_model(sys.argv[1]).predict(x, verbose=0))\n"
+    )
+    target = tmp_path / "probs.npy"
+    subprocess.run([sys.executable, "-c", script, str(out / "best.keras"),
+                    str(metrics_data_dir(out) / "val.csv"), str(target)], check=True)
+    np.testing.assert_allclose(np.load(target), val_probs.iloc[:, 1:].to_numpy(), atol=1e-6)
+    # The recorded Macro-F1 is the one these probabilities give.
+    from sklearn.metrics import f1_score
+
+    f1 = f1_score(table.class_ids, val_probs.iloc[:, 1:].to_numpy().argmax(1), average="macro")
+    assert metrics["val_macro_f1"] == pytest.approx(f1)
+
+
+def metrics_data_dir(out):
+    from keras_cxr.training import resolve_data_dir
+
+    return resolve_data_dir(Recipe.from_dict(json.loads((out / "recipe.json").read_text())).data)
+
+
+def test_same_seed_gives_identical_val_probs(run, tmp_path):
+    recipe, out, _ = run
+    fit_recipe(recipe, tmp_path / "again", verbose=0)
+    assert (tmp_path / "again" / "val_probs.csv").read_bytes() == (out / "val_probs.csv").read_bytes()
+    fit_recipe(recipe.replace(seed=8), tmp_path / "other", verbose=0)
+    assert (tmp_path / "other" / "val_probs.csv").read_bytes() != (out / "val_probs.csv").read_bytes()
+
+
+def test_early_stopping_and_no_swa(tmp_path):
+    recipe = tiny_recipe(swa=SWA(), epochs=6, early_stopping=EarlyStopping(patience=1, min_delta=1.0))
+    metrics = fit_recipe(recipe, tmp_path, verbose=0)
+    # min_delta 1.0 means no epoch ever counts as an improvement: stop after patience + 1 epochs.
+    assert metrics["epochs_run"] == 2 and metrics["swa"] is None
+    assert not (tmp_path / "swa.keras").exists()
+
+
+def test_mixed_float16_run_trains_and_saves_float32_probabilities(tmp_path):
+    recipe = tiny_recipe(precision="mixed_float16", epochs=2, model=Model(name="cxr_resnet", image_size=32))
+    metrics = fit_recipe(recipe, tmp_path, verbose=0)
+    assert metrics["precision"] == "mixed_float16"
+    model = keras.saving.load_model(tmp_path / "best.keras")
+    assert model.output.dtype == "float32"
+    assert np.isfinite(pd.read_csv(tmp_path / "val_probs.csv").iloc[:, 1:].to_numpy()).all()
+
+
+def test_refuses_to_overwrite_a_finished_run(run):
+    recipe, out, _ = run
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        fit_recipe(recipe, out, verbose=0)
+
+
+def test_bad_data_dir_fails_before_training(tmp_path):
+    (tmp_path / "data").mkdir()
+    recipe = tiny_recipe(data=Data(data_dir=str(tmp_path / "data")))
+    with pytest.raises(Exception, match=r"train.csv"):
+        fit_recipe(recipe, tmp_path / "out", verbose=0)
+    assert not (tmp_path / "out" / "best.keras").exists()
