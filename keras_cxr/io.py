@@ -66,7 +66,7 @@ def atomic_write(path, mode="w", encoding=None, newline=None):
     path, folder, name = _split(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
+    with _replace_on_success(tmp, path, folder):
         if "b" in mode:
             f = os.fdopen(fd, mode)
         else:
@@ -75,6 +75,18 @@ def atomic_write(path, mode="w", encoding=None, newline=None):
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replace_on_success(tmp, path, folder):
+    """Move the written `tmp` over `path` when the block succeeds.
+
+    The block writes and fsyncs `tmp`. Then `tmp` gets `path`'s permissions
+    and replaces it, and their `folder` is fsync'ed. If the block or the
+    replace raises, `tmp` is deleted and `path` is left as it was.
+    """
+    try:
+        yield
         _copy_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -117,17 +129,10 @@ def save_model_atomic(model, path):
         raise ValueError(f"save_model_atomic expects a path ending in '.keras', got {path!r}")
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name[: -len('.keras')]}.tmp.keras")
-    try:
+    with _replace_on_success(tmp, path, folder):
         model.save(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        _copy_mode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
     return path
 
 

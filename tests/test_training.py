@@ -107,8 +107,9 @@ def test_early_stopping_and_no_swa(tmp_path):
     assert not (tmp_path / "swa.keras").exists()
 
 
-def test_mixed_float16_run_trains_and_saves_float32_probabilities(tmp_path):
-    recipe = tiny_recipe(precision="mixed_float16", epochs=2, model=Model(name="cxr_resnet", image_size=32))
+def test_mixed_float16_with_ema_trains_and_saves_float32_probabilities(tmp_path):
+    recipe = tiny_recipe(precision="mixed_float16", epochs=2, model=Model(name="cxr_resnet", image_size=32),
+                         optimizer=Optimizer(learning_rate=2e-3, ema=True, ema_momentum=0.9))
     metrics = fit_recipe(recipe, tmp_path, verbose=0)
     assert metrics["precision"] == "mixed_float16"
     model = keras.saving.load_model(tmp_path / "best.keras")

@@ -65,6 +65,12 @@ def evaluate_macro_f1(model, validation_data, num_classes=None):
     return macro_f1(y_true, probs.argmax(axis=-1), num_classes)
 
 
+def check_filepath(filepath):
+    """Raise ValueError unless a callback's `filepath` is None or ends in `.keras`."""
+    if filepath is not None and not str(filepath).endswith(".keras"):
+        raise ValueError(f"filepath must end in '.keras', got {filepath!r}")
+
+
 class MacroF1Checkpoint(keras.callbacks.Callback):
     """Computes validation Macro-F1 each epoch and saves the best model.
 
@@ -116,8 +122,7 @@ class MacroF1Checkpoint(keras.callbacks.Callback):
 
     def __init__(self, validation_data, filepath=None, monitor_name="val_macro_f1", verbose=1):
         super().__init__()
-        if filepath is not None and not str(filepath).endswith(".keras"):
-            raise ValueError(f"filepath must end in '.keras', got {filepath!r}")
+        check_filepath(filepath)
         self.validation_data = validation_data
         self.filepath = filepath
         self.monitor_name = monitor_name

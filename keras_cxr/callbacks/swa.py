@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_cxr.callbacks.macro_f1_checkpoint import MacroF1Checkpoint
+from keras_cxr.callbacks.macro_f1_checkpoint import check_filepath
 from keras_cxr.callbacks.macro_f1_checkpoint import evaluate_macro_f1
 from keras_cxr.callbacks.warmup_cosine import set_lr
 from keras_cxr.io import save_model_atomic
@@ -158,8 +159,7 @@ class SWA(keras.callbacks.Callback):
             raise ValueError(f"start_epoch must be a non-negative integer (0-based epoch index), got {start_epoch!r}")
         if swa_lr is not None and swa_lr <= 0:
             raise ValueError(f"swa_lr must be > 0 or None, got {swa_lr}")
-        if filepath is not None and not str(filepath).endswith(".keras"):
-            raise ValueError(f"filepath must end in '.keras', got {filepath!r}")
+        check_filepath(filepath)
         if checkpoint is not None and not isinstance(checkpoint, MacroF1Checkpoint):
             raise TypeError(f"checkpoint must be a MacroF1Checkpoint, got {type(checkpoint).__name__}")
         self.start_epoch = int(start_epoch)

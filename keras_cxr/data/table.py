@@ -26,20 +26,8 @@ class TableError(ValueError):
 
     def __init__(self, problems):
         self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-class _EitherMethod:
-    """`Table.concat(tables)` on the class, `table.concat(*others)` on an instance."""
-
-    def __init__(self, func):
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __get__(self, obj, cls):
-        if obj is None:
-            return lambda tables: self.func(cls, list(tables))
-        return lambda *others: self.func(cls, [obj, *others])
+        count = f"{len(self.problems)} problems" if len(self.problems) > 1 else "1 problem"
+        super().__init__(f"{count} in the table:\n  " + "\n  ".join(self.problems))
 
 
 def _frozen_array(values, dtype):
@@ -70,7 +58,7 @@ class Table:
     extra = Table(csv_path="pseudo", filenames=names, paths=paths,
                   labels=one_hot, sample_weight=np.full(len(names), 0.5),
                   class_names=table.class_names)
-    train = table.concat(extra)
+    train = Table.concat([table, extra])
     print(len(train), train.class_counts)
     ```
     """
@@ -151,9 +139,9 @@ class Table:
             class_names=self.class_names,
         )
 
-    @_EitherMethod
+    @classmethod
     def concat(cls, tables):
-        """Join tables row-wise: `Table.concat([a, b])` or `a.concat(b)`.
+        """Join tables row-wise: `Table.concat([a, b])`.
 
         All tables must have the same class names and be all labeled or all
         unlabeled. If any table has sample weights, rows from tables without

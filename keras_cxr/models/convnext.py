@@ -5,10 +5,9 @@ keras.applications' ConvNeXt standardises 0-255 input itself
 pooling followed by LayerNormalization, as in the original ConvNeXt head.
 """
 
-import keras
-
+from keras_cxr.models import applications
 from keras_cxr.models import weights as weights_lib
-from keras_cxr.models.registry import ModelSpec, register
+from keras_cxr.models.registry import register_family
 
 _APPLICATIONS = {
     "convnext_t": "ConvNeXtTiny",
@@ -19,6 +18,18 @@ _APPLICATIONS = {
 
 TINY_DEPTHS = [1, 1, 1, 1]
 TINY_PROJECTION_DIMS = [16, 24, 32, 48]
+
+
+def _tiny_convnext(**kwargs):
+    from keras.src.applications.convnext import ConvNeXt
+
+    return ConvNeXt(
+        depths=TINY_DEPTHS,
+        projection_dims=TINY_PROJECTION_DIMS,
+        default_size=64,
+        name="convnext_mini",
+        **kwargs,
+    )
 
 
 def convnext_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
@@ -39,72 +50,27 @@ def convnext_backbone(name, image_size, source=weights_lib.WeightsSource("none")
     backbone = convnext_backbone("tiny_convnext", 64)
     ```
     """
-    if source.kind == weights_lib.PRESET_DIR or (
-        source.kind == weights_lib.IMAGENET and name not in _APPLICATIONS
-    ):
-        pretrained = ["'imagenet'"] if name in _APPLICATIONS else []
-        raise weights_lib.unsupported(source, name, ["None", *pretrained, "a .weights.h5 file"])
-    shape = (image_size, image_size, 3)
-    if name in _APPLICATIONS:
-        constructor = getattr(keras.applications, _APPLICATIONS[name])
-        # Keep the keras.applications model name: it must contain the weights
-        # variant for weights="imagenet".
-        model = constructor(
-            include_top=False,
-            include_preprocessing=True,
-            weights="imagenet" if source.kind == weights_lib.IMAGENET else None,
-            input_shape=shape,
-            pooling="avg",
-        )
-    else:
-        from keras.src.applications.convnext import ConvNeXt
-
-        model = ConvNeXt(
-            depths=TINY_DEPTHS,
-            projection_dims=TINY_PROJECTION_DIMS,
-            default_size=64,
-            name="convnext_mini",
-            include_top=False,
-            weights=None,
-            input_shape=shape,
-            pooling="avg",
-        )
-    if source.kind == weights_lib.FILE:
-        weights_lib.load_file(model, source.path, name)
-    return keras.Model(model.inputs[0], model.outputs[0], name="backbone")
+    return applications.backbone(
+        name, image_size, source, _APPLICATIONS, _tiny_convnext, pooling="avg"
+    )
 
 
 def _features(images, name, image_size, source):
     return convnext_backbone(name, image_size, source)(images)
 
 
-for _name, _params, _what in [
-    ("convnext_t", "27.8M", "ConvNeXt-Tiny"),
-    ("convnext_s", "49.5M", "ConvNeXt-Small"),
-    ("convnext_b", "87.6M", "ConvNeXt-Base"),
-    ("convnext_l", "196.2M", "ConvNeXt-Large"),
-]:
-    register(
-        ModelSpec(
-            name=_name,
-            family="convnext",
-            default_image_size=384,
-            default_dropout=0.2,
-            description=f"{_what} (keras.applications), ImageNet weights.",
-            params=_params,
-            pretrained=f"keras.applications.{_APPLICATIONS[_name]}",
-        ),
-        _features,
-    )
+_SUFFIX = "(keras.applications), ImageNet weights."
 
-register(
-    ModelSpec(
-        name="tiny_convnext",
-        family="convnext",
-        default_image_size=64,
-        default_dropout=0.2,
-        description="Four-stage, one-block-per-stage ConvNeXt for tests.",
-        params="52.3k",
-    ),
+register_family(
+    "convnext",
     _features,
+    [
+        # name, default image size, default dropout, params, description
+        ("convnext_t", 384, 0.2, "27.8M", f"ConvNeXt-Tiny {_SUFFIX}"),
+        ("convnext_s", 384, 0.2, "49.5M", f"ConvNeXt-Small {_SUFFIX}"),
+        ("convnext_b", 384, 0.2, "87.6M", f"ConvNeXt-Base {_SUFFIX}"),
+        ("convnext_l", 384, 0.2, "196.2M", f"ConvNeXt-Large {_SUFFIX}"),
+        ("tiny_convnext", 64, 0.2, "52.3k", "Four-stage, one-block-per-stage ConvNeXt for tests."),
+    ],
+    pretrained=applications.pretrained_labels(_APPLICATIONS),
 )

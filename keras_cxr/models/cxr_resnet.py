@@ -9,7 +9,7 @@ changes. Inputs are 0-255 pixels, rescaled to [-1, 1] inside.
 import keras
 
 from keras_cxr.models import weights as weights_lib
-from keras_cxr.models.registry import ModelSpec, register
+from keras_cxr.models.registry import register_family
 
 WIDTHS = (32, 64, 128, 256)
 BLOCKS = (1, 1, 1, 1)
@@ -87,14 +87,11 @@ def _features(images, name, image_size, source):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-register(
-    ModelSpec(
-        name="cxr_resnet",
-        family="cxr_resnet",
-        default_image_size=128,
-        default_dropout=0.2,
-        description="Small ResNet (basic blocks, widths 32-256) for CPU training.",
-        params="1.23M",
-    ),
+register_family(
+    "cxr_resnet",
     _features,
+    [
+        # name, default image size, default dropout, params, description
+        ("cxr_resnet", 128, 0.2, "1.23M", "Small ResNet (basic blocks, widths 32-256) for CPU training."),
+    ],
 )

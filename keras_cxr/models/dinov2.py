@@ -10,9 +10,10 @@ is imported only when a backbone is built.
 
 import keras
 
+from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.layers import ClassTokenPooling, ImageNetNormalization
-from keras_cxr.models.registry import ModelSpec, register
+from keras_cxr.models.registry import register_family
 
 PATCH_SIZE = 14
 
@@ -172,17 +173,10 @@ def dinov2_hub_backbone(name, image_size, source=weights_lib.WeightsSource("none
     import keras_hub
 
     check_image_size(name, image_size)
-    shape = (image_size, image_size, 3)
-    if source.kind == weights_lib.IMAGENET and name not in PRESETS:
-        accepted = ["None", "a preset directory", "a .weights.h5 file"]
-        raise weights_lib.unsupported(source, name, accepted)
-    if source.kind in (weights_lib.IMAGENET, weights_lib.PRESET_DIR):
-        preset = PRESETS[name] if source.kind == weights_lib.IMAGENET else source.path
-        return keras_hub.models.DINOV2Backbone.from_preset(preset, image_shape=shape)
-    backbone = keras_hub.models.DINOV2Backbone(**_arch(name, image_size))
-    if source.kind == weights_lib.FILE:
-        weights_lib.load_file(backbone, source.path, name)
-    return backbone
+    return hub.backbone(
+        keras_hub.models.DINOV2Backbone, name, source, PRESETS, _arch(name, image_size),
+        image_shape=(image_size, image_size, 3),
+    )
 
 
 def dinov2_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
@@ -226,32 +220,17 @@ def _features(images, name, image_size, source):
     return ClassTokenPooling(name="pool")(tokens)
 
 
-for _name, _params, _what in [
-    ("dinov2_s", "22.3M", "DINOv2 ViT-S/14"),
-    ("dinov2_b", "87.1M", "DINOv2 ViT-B/14"),
-    ("dinov2_l", "305.1M", "DINOv2 ViT-L/14"),
-]:
-    register(
-        ModelSpec(
-            name=_name,
-            family="dinov2",
-            default_image_size=448,
-            default_dropout=0.2,
-            description=f"{_what} (keras-hub DINOV2Backbone), CLS token.",
-            params=_params,
-            pretrained=f"keras-hub preset {PRESETS[_name]}",
-        ),
-        _features,
-    )
+_SUFFIX = "(keras-hub DINOV2Backbone), CLS token."
 
-register(
-    ModelSpec(
-        name="tiny_dinov2",
-        family="dinov2",
-        default_image_size=56,
-        default_dropout=0.2,
-        description="Two-layer DINOv2 ViT (patch 14) for tests.",
-        params="37.4k",
-    ),
+register_family(
+    "dinov2",
     _features,
+    [
+        # name, default image size, default dropout, params, description
+        ("dinov2_s", 448, 0.2, "22.3M", f"DINOv2 ViT-S/14 {_SUFFIX}"),
+        ("dinov2_b", 448, 0.2, "87.1M", f"DINOv2 ViT-B/14 {_SUFFIX}"),
+        ("dinov2_l", 448, 0.2, "305.1M", f"DINOv2 ViT-L/14 {_SUFFIX}"),
+        ("tiny_dinov2", 56, 0.2, "37.4k", "Two-layer DINOv2 ViT (patch 14) for tests."),
+    ],
+    pretrained=hub.pretrained_labels(PRESETS),
 )

@@ -14,9 +14,10 @@ keras_hub is imported only inside the functions that build a backbone.
 
 import keras
 
+from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.layers import ImageNetNormalization
-from keras_cxr.models.registry import ModelSpec, register
+from keras_cxr.models.registry import register_family
 
 # Hyper-parameters of keras-hub's timm conversion
 # (keras_hub/src/utils/timm/convert_efficientnet.py): base kwargs + variant.
@@ -118,22 +119,14 @@ def efficientnet_rw_hub_backbone(name, image_size, source=weights_lib.WeightsSou
 
     arch = ARCHS[name]
     shape = (image_size, image_size, 3)
-    if source.kind == weights_lib.IMAGENET and name not in PRESETS:
-        accepted = ["None", "a preset directory", "a .weights.h5 file"]
-        raise weights_lib.unsupported(source, name, accepted)
-    if source.kind in (weights_lib.IMAGENET, weights_lib.PRESET_DIR):
-        preset = PRESETS[name] if source.kind == weights_lib.IMAGENET else source.path
-        return keras_hub.models.EfficientNetBackbone.from_preset(
-            preset,
-            input_shape=shape,
-            # Missing from saved configs (keras-hub bug): supply them.
-            num_features=arch["num_features"],
-            stackwise_nores_option=arch["stackwise_nores_option"],
-        )
-    backbone = keras_hub.models.EfficientNetBackbone(**arch, input_shape=shape)
-    if source.kind == weights_lib.FILE:
-        weights_lib.load_file(backbone, source.path, name)
-    return backbone
+    config = {**arch, "input_shape": shape}
+    return hub.backbone(
+        keras_hub.models.EfficientNetBackbone, name, source, PRESETS, config,
+        input_shape=shape,
+        # Missing from saved configs (keras-hub bug): supply them.
+        num_features=arch["num_features"],
+        stackwise_nores_option=arch["stackwise_nores_option"],
+    )
 
 
 def efficientnet_rw_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
@@ -160,32 +153,17 @@ def _features(images, name, image_size, source):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-for _name, _params, _what in [
-    ("effv2_rw_t", "12.7M", "EfficientNetV2-rw-T"),
-    ("effv2_rw_s", "22.3M", "EfficientNetV2-rw-S"),
-    ("effv2_rw_m", "51.4M", "EfficientNetV2-rw-M"),
-]:
-    register(
-        ModelSpec(
-            name=_name,
-            family="efficientnet_rw",
-            default_image_size=384,
-            default_dropout=0.2,
-            description=f"{_what} (keras-hub EfficientNetBackbone, timm weights).",
-            params=_params,
-            pretrained=f"keras-hub preset {PRESETS[_name]}",
-        ),
-        _features,
-    )
+_SUFFIX = "(keras-hub EfficientNetBackbone, timm weights)."
 
-register(
-    ModelSpec(
-        name="tiny_effv2_rw",
-        family="efficientnet_rw",
-        default_image_size=64,
-        default_dropout=0.2,
-        description="Three-stage keras-hub EfficientNetBackbone for tests.",
-        params="11.5k",
-    ),
+register_family(
+    "efficientnet_rw",
     _features,
+    [
+        # name, default image size, default dropout, params, description
+        ("effv2_rw_t", 384, 0.2, "12.7M", f"EfficientNetV2-rw-T {_SUFFIX}"),
+        ("effv2_rw_s", 384, 0.2, "22.3M", f"EfficientNetV2-rw-S {_SUFFIX}"),
+        ("effv2_rw_m", 384, 0.2, "51.4M", f"EfficientNetV2-rw-M {_SUFFIX}"),
+        ("tiny_effv2_rw", 64, 0.2, "11.5k", "Three-stage keras-hub EfficientNetBackbone for tests."),
+    ],
+    pretrained=hub.pretrained_labels(PRESETS),
 )

@@ -66,6 +66,30 @@ def register(spec, builder):
     _REGISTRY[spec.name] = (spec, builder)
 
 
+def register_family(family, builder, rows, pretrained=None):
+    """Register the names of one family, all built by `builder`.
+
+    Args:
+        family: their `ModelSpec.family`.
+        builder: see `register`.
+        rows: one `(name, default_image_size, default_dropout, params,
+            description)` tuple per name: its `ModelSpec` fields.
+        pretrained: name -> its `ModelSpec.pretrained`; names not in it have
+            no pretrained weights.
+
+    Example:
+    ```python
+    register_family("mine", my_builder, [("my_net", 128, 0.2, "1.0M", "My net.")])
+    ```
+    """
+    pretrained = pretrained or {}
+    for name, image_size, dropout, params, description in rows:
+        register(
+            ModelSpec(name, family, image_size, dropout, description, params, pretrained.get(name)),
+            builder,
+        )
+
+
 def names():
     """All registered model names, sorted.
 

@@ -8,9 +8,10 @@ inside the functions that build a backbone.
 
 import keras
 
+from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.layers import ImageNetNormalization
-from keras_cxr.models.registry import ModelSpec, register
+from keras_cxr.models.registry import register_family
 
 # The architectures of the keras-hub presets below (patch 4, MLP ratio 4).
 ARCHS = {
@@ -75,20 +76,11 @@ def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
 
     check_image_size(name, image_size)
     shape = (image_size, image_size, 3)
-    if source.kind == weights_lib.IMAGENET and name not in PRESETS:
-        accepted = ["None", "a preset directory", "a .weights.h5 file"]
-        raise weights_lib.unsupported(source, name, accepted)
-    if source.kind in (weights_lib.IMAGENET, weights_lib.PRESET_DIR):
-        preset = PRESETS[name] if source.kind == weights_lib.IMAGENET else source.path
-        return keras_hub.models.SwinTransformerBackbone.from_preset(
-            preset, image_shape=shape, name="backbone"
-        )
-    backbone = keras_hub.models.SwinTransformerBackbone(
-        image_shape=shape, patch_size=PATCH_SIZE, name="backbone", **ARCHS[name]
+    config = {"image_shape": shape, "patch_size": PATCH_SIZE, "name": "backbone", **ARCHS[name]}
+    return hub.backbone(
+        keras_hub.models.SwinTransformerBackbone, name, source, PRESETS, config,
+        image_shape=shape, name="backbone",
     )
-    if source.kind == weights_lib.FILE:
-        weights_lib.load_file(backbone, source.path, name)
-    return backbone
 
 
 def _features(images, name, image_size, source):
@@ -98,33 +90,18 @@ def _features(images, name, image_size, source):
     return keras.layers.GlobalAveragePooling1D(name="pool")(x)
 
 
-for _name, _size, _params, _what in [
-    ("swin_t", 224, "27.5M", "Swin-T (window 7)"),
-    ("swin_s", 224, "48.8M", "Swin-S (window 7)"),
-    ("swin_b", 224, "86.7M", "Swin-B (window 7)"),
-    ("swin_l", 384, "195.2M", "Swin-L (window 12)"),
-]:
-    register(
-        ModelSpec(
-            name=_name,
-            family="swin",
-            default_image_size=_size,
-            default_dropout=0.2,
-            description=f"{_what} (keras-hub SwinTransformerBackbone), mean-pooled tokens.",
-            params=_params,
-            pretrained=f"keras-hub preset {PRESETS[_name]}",
-        ),
-        _features,
-    )
+_SUFFIX = "(keras-hub SwinTransformerBackbone), mean-pooled tokens."
 
-register(
-    ModelSpec(
-        name="tiny_swin",
-        family="swin",
-        default_image_size=64,
-        default_dropout=0.2,
-        description="Two-stage Swin Transformer (window 4) for tests.",
-        params="35.5k",
-    ),
+register_family(
+    "swin",
     _features,
+    [
+        # name, default image size, default dropout, params, description
+        ("swin_t", 224, 0.2, "27.5M", f"Swin-T (window 7) {_SUFFIX}"),
+        ("swin_s", 224, 0.2, "48.8M", f"Swin-S (window 7) {_SUFFIX}"),
+        ("swin_b", 224, 0.2, "86.7M", f"Swin-B (window 7) {_SUFFIX}"),
+        ("swin_l", 384, 0.2, "195.2M", f"Swin-L (window 12) {_SUFFIX}"),
+        ("tiny_swin", 64, 0.2, "35.5k", "Two-stage Swin Transformer (window 4) for tests."),
+    ],
+    pretrained=hub.pretrained_labels(PRESETS),
 )
