@@ -17,6 +17,7 @@ def _figure():
 
 
 def _save(fig, path):
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     with atomic_write(path, mode="wb") as f:
