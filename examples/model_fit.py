@@ -5,7 +5,7 @@ import sys
 import keras
 
 import keras_cxr
-from keras_cxr.callbacks import MacroF1Checkpoint, WarmupCosine
+from keras_cxr.callbacks import CollectCycles, MacroF1Checkpoint, WarmupCosine
 from keras_cxr.data import Augmentation, CXRDataset, read_table
 from keras_cxr.data.synthetic import ensure_default_dataset
 from keras_cxr.losses import FocalLoss
@@ -26,5 +26,6 @@ model.fit(train, epochs=epochs, shuffle=False, callbacks=[
     train.epoch_callback(),          # the dataset follows fit's epoch number
     checkpoint,                      # logs val_macro_f1, saves the best model
     keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=5),
+    CollectCycles(),                 # frees tensors Keras-on-torch leaves in reference cycles
 ])
 print(f"best val Macro-F1 {checkpoint.best:.3f} at epoch {checkpoint.best_epoch + 1}, saved to best.keras")

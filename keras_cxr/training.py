@@ -11,8 +11,6 @@
 - `recipe.json`: the resolved recipe.
 """
 
-import contextlib
-import gc
 import pathlib
 import time
 
@@ -21,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr import models
-from keras_cxr.callbacks import SWA, MacroF1Checkpoint, WarmupCosine
+from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, WarmupCosine
 from keras_cxr.data import CXRDataset, read_table
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
@@ -59,57 +57,6 @@ class _TrainThroughput(keras.callbacks.Callback):
     @property
     def images_per_second(self):
         return self.epochs * self.images_per_epoch / max(self.seconds, 1e-9)
-
-
-class _CollectCycles(keras.callbacks.Callback):
-    """A full garbage collection after every training batch.
-
-    On the torch backend, Keras 3.15 leaves the input tensors of layers called
-    with a list (the ResNet `Add`s, with their autograd graphs) in reference
-    cycles: `keras.src.tree.torchtree_impl` passes torch's self-referencing
-    `tree_flatten` helper an `is_leaf` closure over the structure
-    (keras-team/keras#23110). Refcounting cannot free them, and a cycle that
-    reaches the oldest generation waits for a full collection, which CPython
-    runs only once pending objects reach 25% of the long-lived heap (~0.5M
-    objects after importing Keras, torch and TensorFlow): in practice never,
-    so RSS grew by hundreds of MB per epoch.
-
-    A full collection is cheap only while the old heap is frozen (see
-    `_frozen_heap`): with `refreeze`, each epoch's survivors (TensorFlow,
-    imported by the first checkpoint save, ...) are frozen at its end too.
-    """
-
-    def __init__(self, refreeze=False):
-        super().__init__()
-        self.refreeze = refreeze
-
-    def on_train_batch_end(self, batch, logs=None):
-        gc.collect()
-
-    def on_epoch_end(self, epoch, logs=None):
-        gc.collect()
-        if self.refreeze:
-            gc.freeze()
-
-
-@contextlib.contextmanager
-def _frozen_heap():
-    """Exclude the objects that exist now from garbage collection until exit.
-
-    `gc.collect()` then scans only what was created since: ~3 ms per step
-    instead of 60-300 ms. Objects frozen here are still freed by refcounting; only their
-    cycles wait until the exit. Yields whether this call froze (an existing
-    freeze, the caller's, is left alone).
-    """
-    if gc.get_freeze_count():
-        yield False
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield True
-    finally:
-        gc.unfreeze()
 
 
 def prepare_run_directory(out_dir, overwrite=False):
@@ -268,9 +215,12 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
     model.evaluate(*val_data[0][:2], verbose=0)
     # The dataset draws its own seeded order each epoch; Keras's shuffle would
     # reorder batches with the unseeded global RNG.
-    with _frozen_heap() as frozen:
-        history = model.fit(train_data, epochs=recipe.epochs, callbacks=[*callbacks, _CollectCycles(frozen)],
+    collect_cycles = CollectCycles()
+    try:
+        history = model.fit(train_data, epochs=recipe.epochs, callbacks=[*callbacks, collect_cycles],
                             verbose=verbose, shuffle=False)
+    finally:
+        collect_cycles.release()
     history_frame = pd.DataFrame(history.history)
     history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
     write_csv_atomic(history_frame, out / "history.csv")
