@@ -10,6 +10,9 @@ import sys
 
 
 def ensure_torch_backend():
+    # Keras imports TensorFlow for saving and loading `.keras` files; keep its
+    # C++ start-up chatter (oneDNN, CUDA stubs) out of the user's terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     requested = os.environ.setdefault("KERAS_BACKEND", "torch")
     if requested != "torch":
         raise RuntimeError(

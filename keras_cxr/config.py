@@ -47,6 +47,8 @@ def _check(value, tp, where):
             return value
         raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
     if origin is tuple:
+        if isinstance(value, str) and args == (str, Ellipsis):
+            value = (value,)  # `extra_train="a.csv"` means one file, not its characters
         if not isinstance(value, (tuple, list)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:

@@ -51,3 +51,43 @@ def classification_summary(y_true_ids, probs, class_names):
         "confusion_matrix": skm.confusion_matrix(y_true_ids, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
     }
+
+
+def evaluate_probabilities(probs_path, labels_csv, filename_column="new_filename"):
+    """Score a probability file against a labeled table CSV.
+
+    Rows are matched by filename (the two files may list them in different
+    orders); a filename in one file but not the other is an error.
+
+    Returns:
+        `classification_summary`'s dict, plus ``rows`` and the two paths.
+    """
+    from keras_cxr.data import read_table
+    from keras_cxr.probabilities import read_probabilities
+
+    probs = read_probabilities(probs_path, filename_column=filename_column)
+    table = read_table(labels_csv, class_names=probs.class_names, filename_column=filename_column,
+                       labels="required", check_files=False)
+    probs = probs.aligned_to(table.filenames, labels_csv)
+    summary = classification_summary(table.class_ids, probs.values, probs.class_names)
+    return {"probabilities": str(probs_path), "labels": str(labels_csv), "rows": len(table), **summary}
+
+
+def format_summary(summary):
+    """A plain-text report of `classification_summary` for the terminal."""
+    names = summary["class_names"]
+    width = max(10, *(len(n) for n in names))
+    lines = [
+        f"Macro-F1 {summary['macro_f1']:.4f}   accuracy {summary['accuracy']:.4f}   "
+        f"ECE {summary['ece']:.4f}" + (f"   ({summary['rows']} rows)" if "rows" in summary else ""),
+        "",
+        f"{'class':<{width}}  precision  recall      F1  support",
+    ]
+    for name in names:
+        c = summary["per_class"][name]
+        lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * width + "  " + " ".join(f"{n[:8]:>8}" for n in names)]
+    for name, row in zip(names, summary["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:8d}" for v in row))
+    return "\n".join(lines)

@@ -16,6 +16,11 @@ Accepted `data`:
 - a NumPy array of inputs (split into batches of `batch_size`).
 
 A batch is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, as in `fit`.
+
+With `views` (test-time augmentation, `keras_cxr.tta`), every batch is
+transformed by each view and the model's probabilities are averaged. The
+model runs under its own dtype policy (a model saved under
+`mixed_float16` computes in float16 whatever the global policy is).
 """
 
 import contextlib
@@ -101,7 +106,18 @@ def inference_mode(model):
             model.train()
 
 
-def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32):
+def _forward(model, x, views):
+    if not views:
+        return np.asarray(_to_numpy(model(x, training=False)), dtype=np.float32)
+    x = _to_numpy(x)
+    total = None
+    for view in views:
+        out = np.asarray(_to_numpy(model(view.apply(x), training=False)), dtype=np.float64)
+        total = out if total is None else total + out
+    return (total / len(views)).astype(np.float32)
+
+
+def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32, views=None):
     """Predict every batch of `data` in order and collect its labels.
 
     Args:
@@ -112,6 +128,8 @@ def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32):
         steps: read at most this many batches (required for an infinite
             PyDataset).
         batch_size: batch size when `data` is a NumPy array.
+        views: optional test-time augmentation views (`keras_cxr.tta.parse_tta`);
+            the probabilities of all views are averaged.
 
     Returns:
         `(probs, y_true)`: `probs` is a float32 `(N, C)` array; `y_true` is the
@@ -126,8 +144,7 @@ def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32):
     with inference_mode(model):
         for i, batch in enumerate(iter_batches(data, steps=steps, batch_size=batch_size)):
             x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            out = model(x, training=False)
-            outputs.append(np.asarray(_to_numpy(out), dtype=np.float32))
+            outputs.append(_forward(model, x, views))
             if y is None:
                 has_labels = False
             elif has_labels:
@@ -143,7 +160,7 @@ def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32):
     return probs, y_true
 
 
-def predict_probs(model, data, verbose=0, steps=None, batch_size=32):
+def predict_probs(model, data, verbose=0, steps=None, batch_size=32, views=None):
     """Predicted probabilities `(N, C)` float32 for every batch of `data`, in order.
 
     Same arguments as `predict_with_labels`; labels in the batches are ignored.
@@ -155,5 +172,5 @@ def predict_probs(model, data, verbose=0, steps=None, batch_size=32):
     pred_ids = probs.argmax(axis=1)
     ```
     """
-    probs, _ = predict_with_labels(model, data, verbose=verbose, steps=steps, batch_size=batch_size)
+    probs, _ = predict_with_labels(model, data, verbose=verbose, steps=steps, batch_size=batch_size, views=views)
     return probs

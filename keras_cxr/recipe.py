@@ -35,6 +35,9 @@ class Data(Config):
         train_csv, val_csv: table file names inside `data_dir`.
         images_dir: image folder inside `data_dir` (rows with a
             `source_dir` column use that instead).
+        extra_train: more labeled tables added to the training rows (e.g.
+            `keras-cxr pseudo-label` output), absolute or relative to
+            `data_dir`; their `sample_weight` column weights the loss.
         filename_column: the CSV column holding image file names.
         class_names: the one-hot label columns, in model output order.
         cache: keep decoded, resized images in memory after the first epoch.
@@ -46,6 +49,7 @@ class Data(Config):
     train_csv: str = "train.csv"
     val_csv: str = "val.csv"
     images_dir: str = "images"
+    extra_train: tuple[str, ...] = ()
     filename_column: str = "new_filename"
     class_names: tuple[str, ...] = CLASS_NAMES
     cache: bool = True

@@ -20,7 +20,7 @@ import pandas as pd
 
 from keras_cxr import models
 from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, WarmupCosine
-from keras_cxr.data import CXRDataset, read_table
+from keras_cxr.data import CXRDataset, Table, TableError, read_table
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.losses import FocalLoss
@@ -89,6 +89,7 @@ def resolve_data_dir(data):
 
 
 def load_tables(data):
+    """The training table (with `data.extra_train` appended) and the validation table."""
     root = resolve_data_dir(data)
     kwargs = dict(
         images_dir=root / data.images_dir,
@@ -96,7 +97,24 @@ def load_tables(data):
         filename_column=data.filename_column,
         labels="required",
     )
-    return read_table(root / data.train_csv, **kwargs), read_table(root / data.val_csv, **kwargs)
+    train = read_table(root / data.train_csv, **kwargs)
+    val = read_table(root / data.val_csv, **kwargs)
+    extras = [read_table(root / csv, **kwargs) for csv in data.extra_train]
+    check_disjoint([val, train, *extras])
+    if extras:
+        train = Table.concat([train, *extras])
+    return train, val
+
+
+def check_disjoint(tables):
+    """Refuse an image that sits in two of `tables` (e.g. pseudo-labels of validation images)."""
+    seen = {}
+    for table in tables:
+        for path in table.paths:
+            if path in seen:
+                raise TableError([f"{table.csv_path}: image {path} is also in {seen[path]}; "
+                                  "a row may sit in only one of the training, extra and validation tables"])
+            seen[path] = table.csv_path
 
 
 def make_optimizer(config):

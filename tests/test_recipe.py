@@ -109,3 +109,10 @@ def test_seed_recipe_replace():
     assert recipe.batch_size == 8 and recipe.model.name == "effv2_s"
     with pytest.raises(ConfigError, match="unknown field 'batchsize'"):
         seed_recipe(batchsize=8)
+
+
+def test_extra_train_takes_one_path_or_a_list():
+    assert apply_overrides(Recipe(), ["data.extra_train=/x/pseudo.csv"]).data.extra_train == ("/x/pseudo.csv",)
+    assert apply_overrides(Recipe(), ["data.extra_train=['a.csv','b.csv']"]).data.extra_train == ("a.csv", "b.csv")
+    with pytest.raises(ConfigError, match=r"Data.extra_train\[0\]: expected a string"):
+        apply_overrides(Recipe(), ["data.extra_train=[1]"])

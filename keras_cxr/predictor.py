@@ -1,0 +1,161 @@
+"""Load trained models with what they need at inference, and predict CSVs.
+
+A model file alone does not say how its images were preprocessed or what
+its output columns mean. When it sits in a run directory, the
+``recipe.json`` beside it does: `Predictor.load` takes the class names, the
+filename column and the deterministic preprocessing (CLAHE / unsharp, when the
+recipe used them) from there, so inference sees the images the way training
+did. A model without a ``recipe.json`` gets no preprocessing and the default
+class names.
+
+Example:
+
+```python
+probs = predict_csv(["runs/a/best.keras", "runs/b"], "cxr4/test.csv", tta="rotate,zoom")
+write_probabilities("test_probs.csv", probs.filenames, probs.values, probs.class_names)
+```
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import zipfile
+
+import numpy as np
+
+from keras_cxr import CLASS_NAMES
+from keras_cxr.data import CXRDataset, read_table
+from keras_cxr.data.augment import Augmentation
+from keras_cxr.predict import predict_probs
+from keras_cxr.probabilities import Probabilities
+from keras_cxr.tta import parse_tta
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be used for prediction."""
+
+
+def _resolve_model_path(path):
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "best.keras"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.suffix != ".keras":
+        raise ModelFileError(f"{path}: expected a .keras model file (or a run directory holding best.keras)")
+    return path
+
+
+def _read_run_recipe(model_path):
+    recipe_path = model_path.parent / "recipe.json"
+    if not recipe_path.is_file():
+        return None
+    try:
+        return json.loads(recipe_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{recipe_path}: cannot be read as JSON ({e})") from None
+
+
+def load_model_file(path):
+    """`keras.saving.load_model` with one clear error for unusable files."""
+    import keras
+
+    import keras_cxr  # noqa: F401  (registers the custom layers, losses and metrics)
+
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a Keras model archive (the file is truncated or not a .keras file)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001  - Keras raises many types for broken archives
+        raise ModelFileError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Predictor:
+    """A loaded model and the settings it was trained with.
+
+    Args:
+        path: the `.keras` file.
+        model: the Keras model (outputs class probabilities).
+        class_names: names of the output columns.
+        preprocessing: the recipe's `Augmentation` when it has deterministic
+            preprocessing (CLAHE / unsharp), else None.
+        filename_column: the recipe's filename column.
+    """
+
+    path: str
+    model: object
+    class_names: tuple[str, ...]
+    preprocessing: Augmentation | None
+    filename_column: str = "new_filename"
+
+    @property
+    def image_size(self):
+        return int(self.model.input_shape[1])
+
+    @classmethod
+    def load(cls, path):
+        """Load a `.keras` file, or `best.keras` of a run directory."""
+        path = _resolve_model_path(path)
+        recipe = _read_run_recipe(path)
+        model = load_model_file(path)
+        data = (recipe or {}).get("data", {})
+        class_names = tuple(data.get("class_names", CLASS_NAMES))
+        outputs = int(model.output_shape[-1])
+        if outputs != len(class_names):
+            source = f"{path.parent / 'recipe.json'}" if recipe else "the default class names"
+            raise ModelFileError(
+                f"{path}: the model has {outputs} outputs but {source} names {len(class_names)} classes "
+                f"({', '.join(class_names)})"
+            )
+        preprocessing = None
+        if recipe and "augmentation" in recipe:
+            augmentation = Augmentation.from_dict(recipe["augmentation"])
+            preprocessing = augmentation if augmentation.has_preprocessing else None
+        return cls(str(path), model, class_names, preprocessing, data.get("filename_column", "new_filename"))
+
+    def dataset(self, table, batch_size=32):
+        """An evaluation-mode `CXRDataset` of `table` at this model's size."""
+        return CXRDataset(table, self.image_size, batch_size=batch_size, augmentation=self.preprocessing)
+
+
+def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0):
+    """Average the probabilities of `models` over the rows of `csv_path`.
+
+    Args:
+        models: `.keras` paths or run directories (or loaded `Predictor`s).
+            They must agree on class names; image sizes may differ.
+        csv_path: a table CSV; its labels, if any, are not read.
+        images_dir: the image folder (default: ``images/`` beside the CSV;
+            rows with a ``source_dir`` use that).
+        tta: test-time augmentation, e.g. ``"rotate,zoom"`` (see `keras_cxr.tta`).
+        batch_size: images per forward pass.
+        verbose: 1 prints each model and a progress bar.
+
+    Returns:
+        `Probabilities` with rows in the CSV's order.
+    """
+    views = parse_tta(tta)
+    predictors = [m if isinstance(m, Predictor) else Predictor.load(m) for m in models]
+    if not predictors:
+        raise ValueError("predict needs at least one model")
+    first = predictors[0]
+    for other in predictors[1:]:
+        if other.class_names != first.class_names:
+            raise ModelFileError(
+                f"{other.path} predicts {list(other.class_names)} but {first.path} predicts "
+                f"{list(first.class_names)}: models must share class names to be averaged"
+            )
+    table = read_table(csv_path, images_dir=images_dir, class_names=first.class_names,
+                       filename_column=first.filename_column, labels="ignore")
+    total = np.zeros((len(table), len(first.class_names)), np.float64)
+    for i, predictor in enumerate(predictors):
+        if verbose:
+            print(f"model {i + 1}/{len(predictors)}: {predictor.path} ({predictor.image_size} px, "
+                  f"{len(views)} view{'s' if len(views) > 1 else ''}: {', '.join(v.name for v in views)})")
+        total += predict_probs(predictor.model, predictor.dataset(table, batch_size), verbose=verbose, views=views)
+    mean = total / len(predictors)
+    return Probabilities(path=str(csv_path), filenames=table.filenames, values=mean / mean.sum(axis=1, keepdims=True),
+                         class_names=first.class_names)
