@@ -1,0 +1,247 @@
+"""keras-cxr against plain PyTorch + timm on the same network, in one process.
+
+Times, with the same torch build, thread count, input size and batch size:
+
+- a training step: forward, loss, backward and optimizer update
+  (keras-cxr: `model.train_on_batch` on a compiled keras-cxr model with
+  AdamW and the focal loss, the step `fit` runs; timm: the usual
+  `zero_grad / forward / cross_entropy / backward / step` loop);
+- inference: keras-cxr's predict path (`keras_cxr.predict.predict_probs`)
+  vs a `torch.no_grad()` forward of the timm model in eval mode;
+- the input pipeline, per worker: `CXRDataset` decoding, resizing and
+  augmenting real JPEGs vs the seed's torchvision transforms on the same
+  files (images per second, one process, no workers).
+
+It prints medians and keras-cxr / reference ratios (> 1: keras-cxr is
+faster) and writes them with the machine and versions to
+`benchmarks/RESULTS.md`. Run it with `bash benchmarks/run` (its own
+environment: timm needs torchvision, which needs another torch build than
+the test environment).
+"""
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import keras_cxr  # noqa: E402,F401  (pins the torch backend before keras loads)
+import keras  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+CXR4 = HERE.parent.parent / "shared" / "data" / "cxr4"
+
+# keras-cxr model name -> (timm name, extra timm kwargs) of the same architecture.
+NETWORKS = {
+    "effv2_s": ("tf_efficientnetv2_s", {}),
+    "swin_t": ("swin_tiny_patch4_window7_224", {}),
+}
+
+
+def median_ms(fn, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def swin_window(image_size):
+    """Swin-T's window at `image_size`: 7 at 224; at 128 the last stage is 4 wide, so 4."""
+    return 7 if image_size % (32 * 7) == 0 else image_size // 32
+
+
+def build_keras(name, image_size):
+    from keras_cxr import models
+
+    if name == "swin_t" and swin_window(image_size) != 7:
+        from keras_cxr.models import swin
+
+        swin.ARCHS["swin_t_bench"] = {**swin.ARCHS["swin_t"], "window_size": swin_window(image_size)}
+        features = swin._features
+
+        def bench_features(images, _name, size, source):
+            return features(images, "swin_t_bench", size, source)
+
+        return _functional(bench_features, image_size)
+    return models.build(name, num_classes=4, image_size=image_size, dropout=0.0)
+
+
+def _functional(features, image_size):
+    from keras_cxr.models.head import classification_head
+    from keras_cxr.models.weights import WeightsSource
+
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = features(images, None, image_size, WeightsSource("none"))
+    return keras.Model(images, classification_head(x, 4, 0.0))
+
+
+def build_timm(name, image_size):
+    import timm
+
+    timm_name, kwargs = NETWORKS[name]
+    if name == "swin_t":
+        kwargs = {**kwargs, "img_size": image_size, "window_size": swin_window(image_size)}
+    return timm.create_model(timm_name, pretrained=False, num_classes=4, **kwargs)
+
+
+def time_keras(name, image_size, batch, steps, warmup):
+    from keras_cxr.losses import FocalLoss
+    from keras_cxr.predict import predict_probs
+
+    model = build_keras(name, image_size)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=FocalLoss())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, batch)]
+    train = median_ms(lambda: model.train_on_batch(x, y), steps, warmup)
+    infer = median_ms(lambda: predict_probs(model, x, batch_size=batch), steps, warmup)
+    return train, infer, model.count_params()
+
+
+def time_timm(name, image_size, batch, steps, warmup):
+    model = build_timm(name, image_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, image_size, image_size)
+    y = torch.randint(0, 4, (batch,))
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train = median_ms(train_step, steps, warmup)
+    model.eval()
+
+    def infer_step():
+        with torch.no_grad():
+            model(x).softmax(dim=1)
+
+    infer = median_ms(infer_step, steps, warmup)
+    return train, infer, sum(p.numel() for p in model.parameters())
+
+
+def pipeline_rates(image_size, images, batch):
+    """Images/s of keras-cxr's training dataset and the seed's torchvision transforms, one process."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from keras_cxr.data import Augmentation, CXRDataset, read_table
+
+    table = read_table(CXR4 / "train.csv", labels="required")
+    table = table.subset(np.arange(min(images, len(table))))
+    aug = Augmentation(rotation=10, translate=0.08, scale=(0.92, 1.08), shear=12, brightness=0.2, contrast=0.2,
+                       erasing_p=0.35)
+    dataset = CXRDataset(table, image_size, batch_size=batch, training=True, augmentation=aug, sampling="none")
+    dataset[0]  # import and first-call costs out of the timing
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        dataset[i]
+    ours = len(dataset) * batch / (time.perf_counter() - start)
+
+    seed = T.Compose([
+        T.Resize((image_size, image_size)),
+        T.RandomRotation(10),
+        T.RandomAffine(0, translate=(0.08, 0.08), scale=(0.92, 1.08), shear=12),
+        T.ColorJitter(brightness=0.2, contrast=0.2),
+        T.ToTensor(),
+        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        T.RandomErasing(p=0.35, scale=(0.02, 0.12)),
+    ])
+    paths = list(table.paths)
+    seed(Image.open(paths[0]).convert("RGB"))
+    start = time.perf_counter()
+    for i in range(len(dataset) * batch):
+        seed(Image.open(paths[i % len(paths)]).convert("RGB"))
+    reference = len(dataset) * batch / (time.perf_counter() - start)
+    return ours, reference
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import timm
+    import torchvision
+
+    return (f"{cpu}; {platform.system()} {platform.machine()}; Python {platform.python_version()}; "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
+            f"keras {keras.__version__}, numpy {np.__version__}; torch threads {torch.get_num_threads()}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--pipeline-images", type=int, default=256)
+    parser.add_argument("--pipeline-size", type=int, default=384)
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for name in args.networks:
+        for size in args.sizes:
+            k_train, k_infer, k_params = time_keras(name, size, args.batch, args.steps, args.warmup)
+            t_train, t_infer, t_params = time_timm(name, size, args.batch, args.steps, args.warmup)
+            row = (f"{name} / {NETWORKS[name][0]}", size, k_params, t_params, k_train, t_train, t_train / k_train,
+                   k_infer, t_infer, t_infer / k_infer)
+            rows.append(row)
+            print("{} {}px params {:,}/{:,}: train {:.0f} vs {:.0f} ms (x{:.2f}), infer {:.0f} vs {:.0f} ms (x{:.2f})"
+                  .format(*row), flush=True)
+    ours, reference = pipeline_rates(args.pipeline_size, args.pipeline_images, args.batch)
+    print(f"input pipeline {args.pipeline_size}px: {ours:.0f} vs {reference:.0f} images/s (x{ours / reference:.2f})")
+
+    lines = [
+        "# Speed: keras-cxr vs PyTorch + timm",
+        "",
+        f"Measured {datetime.date.today()} with `bash benchmarks/run` "
+        f"(`benchmarks/speed.py {' '.join(sys.argv[1:])}`).",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"Batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up steps, random weights. "
+        "Ratio = reference time / keras-cxr time (above 1: keras-cxr is faster).",
+        "",
+        "| network (keras-cxr / timm) | px | params (ours / timm) | train ms ours | train ms timm | train ratio "
+        "| infer ms ours | infer ms timm | infer ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]:,} / {r[3]:,} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.2f} "
+                     f"| {r[7]:.0f} | {r[8]:.0f} | {r[9]:.2f} |")
+    lines += [
+        "",
+        f"Input pipeline, one process, {args.pipeline_images} cxr4 JPEGs at {args.pipeline_size} px with the seed's "
+        f"augmentation: keras-cxr `CXRDataset` {ours:.0f} images/s, torchvision transforms {reference:.0f} "
+        f"images/s, ratio {ours / reference:.2f}.",
+        "",
+    ]
+    pathlib.Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
