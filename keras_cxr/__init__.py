@@ -14,3 +14,6 @@ from keras_cxr import callbacks  # noqa: E402,F401
 from keras_cxr import losses  # noqa: E402,F401
 from keras_cxr import metrics  # noqa: E402,F401
 from keras_cxr import models  # noqa: E402,F401
+from keras_cxr import fast_ops  # noqa: E402
+
+fast_ops.install()

@@ -107,12 +107,14 @@ def inference_mode(model):
 
 
 def _forward(model, x, views):
+    from keras_cxr.fast_ops import inference_call
+
     if not views:
-        return np.asarray(_to_numpy(model(x, training=False)), dtype=np.float32)
+        return np.asarray(_to_numpy(inference_call(model, x)), dtype=np.float32)
     x = _to_numpy(x)
     total = None
     for view in views:
-        out = np.asarray(_to_numpy(model(view.apply(x), training=False)), dtype=np.float64)
+        out = np.asarray(_to_numpy(inference_call(model, view.apply(x))), dtype=np.float64)
         total = out if total is None else total + out
     return (total / len(views)).astype(np.float32)
 

@@ -1,0 +1,220 @@
+"""Faster torch kernels for Keras convolution and batch normalization.
+
+Measured with the torch profiler on EfficientNetV2-S (128 px, batch 8, two
+CPU threads; see `benchmarks/`), Keras 3.15's torch backend spends time
+that plain PyTorch does not:
+
+- Convolution on channels-last tensors: Keras permutes the input to NCHW and
+  calls `.contiguous()` (a full copy), then copies it again into the
+  `channels_last` memory format for oneDNN. A permuted NHWC tensor already
+  *is* an NCHW tensor in `channels_last` memory format, so `conv` here hands
+  that view to `conv2d` directly: no activation copy in the forward pass,
+  the same oneDNN kernel, bit-identical outputs. (Running stride-1 1x1
+  convolutions as one matrix multiplication on the NHWC tensor was measured
+  too: no faster than oneDNN, so not used.)
+- `Dense` runs a matrix multiplication and then a separate bias addition
+  over the whole output; `torch.nn.functional.linear` fuses the two
+  (`addmm`), which is what timm's `nn.Linear` runs. On Swin-T at 224 px the
+  separate additions were 13% of the inference time.
+- `BatchNormalization` computes the moments and the normalization as about a
+  dozen separate elementwise kernels (and as many in the backward pass). Here
+  a 4-D channels-last batch norm is one `torch.native_batch_norm` call in
+  training and one `batch_norm` call in inference, with the moving statistics
+  updated exactly as Keras does (biased variance, the layer's momentum).
+
+Inference additionally runs through a TorchScript trace of the model
+(`inference_call`, used by `keras_cxr.predict`): Keras's per-layer Python
+dispatch costs about as much as the arithmetic of a small network's forward
+pass, and a trace replays only the torch operations. Each input shape is
+traced once and checked against the eager forward before it is trusted.
+
+`install()` replaces `keras.src.backend.torch.nn.conv`,
+`keras.layers.Dense.call` and `keras.layers.BatchNormalization.call` for
+the whole process (it is called
+when `keras_cxr` is imported); everything outside those cases (other ranks,
+channels-first data, masks, renormalization, dilation with "same" padding)
+goes to Keras's own code. Results match Keras's to float32 rounding (tests
+compare predictions, gradients and moving statistics). Set
+``KERAS_CXR_FAST_OPS=0`` before importing `keras_cxr` to keep Keras's
+implementations.
+"""
+
+import os
+import warnings
+import weakref
+
+import keras
+import torch
+import torch.nn.functional as F
+from keras import ops
+from keras.src import backend
+from keras.src.backend.torch import nn as torch_nn
+from keras.src.backend.torch.core import convert_to_tensor
+from keras.src.utils.argument_validation import standardize_tuple
+
+_installed = False
+
+
+def enabled():
+    """Whether `install` will patch (``KERAS_CXR_FAST_OPS`` is not 0/false/off)."""
+    return os.environ.get("KERAS_CXR_FAST_OPS", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+    inputs = convert_to_tensor(inputs)
+    kernel = convert_to_tensor(kernel)
+    if inputs.ndim != 4 or backend.standardize_data_format(data_format) != "channels_last":
+        return _keras_conv(inputs, kernel, strides, padding, data_format, dilation_rate)
+    strides = standardize_tuple(strides, 2, "strides")
+    dilation = standardize_tuple(dilation_rate, 2, "dilation_rate")
+    kh, kw, kernel_in, _ = kernel.shape
+    in_channels = inputs.shape[-1]
+    if in_channels % kernel_in:
+        return _keras_conv(inputs, kernel, strides, padding, data_format, dilation_rate)
+    x = inputs.permute(0, 3, 1, 2)  # NCHW view with channels_last strides: no copy
+    weight = kernel.permute(3, 2, 0, 1)
+    if padding == "same":
+        x, padding = torch_nn._apply_same_padding(x, (kh, kw), strides, "channels_last", "conv", dilation)
+    else:
+        padding = 0
+    out = F.conv2d(x, weight, stride=strides, padding=padding, dilation=dilation, groups=in_channels // kernel_in)
+    return out.permute(0, 2, 3, 1)
+
+
+def _dense_call(self, inputs, training=None):
+    inputs = convert_to_tensor(inputs)
+    kernel = convert_to_tensor(self.kernel)  # the LoRA-adjusted, autocast kernel
+    if self.bias is None or inputs.dtype != kernel.dtype or not inputs.is_floating_point():
+        return _keras_dense_call(self, inputs, training=training)
+    bias = convert_to_tensor(self.bias)
+    if bias.dtype != kernel.dtype:
+        return _keras_dense_call(self, inputs, training=training)
+    x = F.linear(inputs, kernel.t(), bias)
+    return x if self.activation is None else self.activation(x)
+
+
+def _fast_batch_norm_applies(layer, inputs, mask):
+    return (
+        mask is None
+        and not layer.renorm
+        and not layer.synchronized
+        and len(inputs.shape) == 4
+        and layer.axis in (3, -1)
+    )
+
+
+def _batch_norm_call(self, inputs, training=None, mask=None):
+    if not _fast_batch_norm_applies(self, inputs, mask):
+        return _keras_batch_norm_call(self, inputs, training=training, mask=mask)
+    x = ops.cast(inputs, "float32") if inputs.dtype != torch.float32 else inputs
+    x = x.permute(0, 3, 1, 2)
+    gamma = ops.cast(self.gamma, "float32") if self.scale else None
+    beta = ops.cast(self.beta, "float32") if self.center else None
+    if training and self.trainable:
+        out, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, self.epsilon)
+        with torch.no_grad():
+            variance = invstd.pow(-2) - self.epsilon
+            momentum = self.momentum
+            self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
+            )
+    else:
+        out = F.batch_norm(
+            x,
+            ops.cast(self.moving_mean, "float32"),
+            ops.cast(self.moving_variance, "float32"),
+            gamma,
+            beta,
+            training=False,
+            eps=self.epsilon,
+        )
+    return ops.cast(out.permute(0, 2, 3, 1), self.compute_dtype)
+
+
+# model -> {(shape, dtype): traced module, or None when tracing failed or disagreed}
+_TRACES = weakref.WeakKeyDictionary()
+_TRACE_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def _trace(model, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python values baked into the graph
+        try:
+            traced = torch.jit.trace(model, (x,), check_trace=False)
+        except Exception:  # noqa: BLE001  - any failure means: stay eager
+            return None
+    expected, got = model(x, training=False), traced(x)
+    same = (isinstance(got, torch.Tensor) and got.shape == expected.shape
+            and torch.allclose(got.float(), expected.float(), **_TRACE_TOLERANCE))
+    return traced if same else None
+
+
+def _is_keras_cxr_model(model):
+    from keras_cxr import models
+
+    if not isinstance(model, keras.Model) or model.name not in models.names():
+        return False
+    try:
+        model.get_layer("backbone")
+    except ValueError:
+        return False
+    return True
+
+
+def inference_call(model, x):
+    """`model(x, training=False)` through a cached, verified trace when possible.
+
+    Call it under `torch.no_grad()` with the model in eval mode (as
+    `keras_cxr.predict.inference_mode` does). A trace replays the operations
+    of one forward pass, so a layer whose Python code branches on tensor
+    values would be replayed wrongly on other inputs; only keras-cxr's own
+    architectures (`keras_cxr.models.build`), whose layers branch on shapes
+    only, are traced (a test traces every family and compares it with the
+    eager model on fresh inputs). Other models, disabled fast ops, and traces
+    that fail or disagree with the eager output on their first batch run
+    eagerly.
+    """
+    if not _installed or not _is_keras_cxr_model(model):
+        return model(x, training=False)
+    x = keras.ops.convert_to_tensor(x)
+    key = (tuple(x.shape), str(x.dtype))
+    traces = _TRACES.setdefault(model, {})
+    if key not in traces:
+        traces[key] = _trace(model, x)
+    traced = traces[key]
+    return model(x, training=False) if traced is None else traced(x)
+
+
+_keras_conv = None
+_keras_batch_norm_call = None
+_keras_dense_call = None
+
+
+def install():
+    """Patch Keras's torch conv and BatchNormalization (once; no-op when disabled)."""
+    global _installed, _keras_conv, _keras_batch_norm_call, _keras_dense_call
+    if _installed or not enabled():
+        return
+    _keras_dense_call = keras.layers.Dense.call
+    keras.layers.Dense.call = _dense_call
+    _keras_conv = torch_nn.conv
+    _keras_batch_norm_call = keras.layers.BatchNormalization.call
+    torch_nn.conv = _conv  # depthwise_conv and separable_conv call it too
+    keras.layers.BatchNormalization.call = _batch_norm_call
+    _installed = True
+
+
+def uninstall():
+    """Restore Keras's implementations (for comparisons in tests and benchmarks)."""
+    global _installed
+    if not _installed:
+        return
+    torch_nn.conv = _keras_conv
+    keras.layers.BatchNormalization.call = _keras_batch_norm_call
+    keras.layers.Dense.call = _keras_dense_call
+    _installed = False
+
+
+def installed():
+    return _installed

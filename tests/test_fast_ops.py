@@ -1,0 +1,193 @@
+"""Fast conv / batch norm kernels and traced inference give Keras's own results."""
+
+import gc
+import weakref
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from keras_cxr import fast_ops, models
+from keras_cxr.predict import predict_probs
+from keras_cxr.seeding import set_seed
+
+
+@pytest.fixture
+def keras_ops():
+    """Run the block with Keras's own implementations, then restore the fast ones."""
+    fast_ops.uninstall()
+    yield
+    fast_ops.install()
+
+
+def both(fn):
+    """`fn()` with Keras's kernels and with the fast ones."""
+    assert fast_ops.installed()
+    fast = fn()
+    fast_ops.uninstall()
+    try:
+        reference = fn()
+    finally:
+        fast_ops.install()
+    return reference, fast
+
+
+def test_installed_on_import():
+    assert fast_ops.installed()
+    from keras.src.backend.torch import nn as torch_nn
+
+    assert torch_nn.conv is fast_ops._conv
+    assert keras.layers.BatchNormalization.call is fast_ops._batch_norm_call
+    assert keras.layers.Dense.call is fast_ops._dense_call
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+@pytest.mark.parametrize("shape, kwargs", [((5, 6), {}), ((2, 7, 6), {"activation": "gelu"}),
+                                            ((5, 6), {"use_bias": False}), ((3, 6), {"lora": 2})])
+def test_dense_matches_keras_forward_and_backward(policy, shape, kwargs):
+    keras.mixed_precision.set_dtype_policy(policy)
+    kwargs = dict(kwargs)
+    lora = kwargs.pop("lora", None)
+    x0 = np.random.default_rng(3).normal(size=shape).astype("float32")
+
+    def run():
+        set_seed(0)
+        dense = keras.layers.Dense(4, bias_initializer="glorot_uniform", **kwargs)
+        dense.build(shape)
+        if lora:
+            dense.enable_lora(lora, b_initializer="ones")
+        x = torch.tensor(x0, requires_grad=True)
+        y = dense(x)
+        (y.float() * torch.linspace(-1, 1, 4)).square().sum().backward()
+        return y.detach().float().numpy(), x.grad.numpy(), [v.value.grad.numpy() for v in dense.trainable_variables]
+
+    reference, fast = both(run)
+    atol = 1e-2 if policy == "mixed_float16" else 1e-5
+    np.testing.assert_allclose(fast[0], reference[0], atol=atol, rtol=1e-3)
+    np.testing.assert_allclose(fast[1], reference[1], atol=atol, rtol=1e-3)
+    for a, b in zip(fast[2], reference[2]):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: keras.layers.Conv2D(8, 3, padding="same"),
+        lambda: keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+        lambda: keras.layers.Conv2D(8, 5, strides=2, padding="valid", use_bias=False),
+        lambda: keras.layers.Conv2D(8, 1),
+        lambda: keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same"),
+        lambda: keras.layers.Conv2D(8, 3, groups=2, padding="same"),
+        lambda: keras.layers.DepthwiseConv2D(3, strides=2, padding="same"),
+        lambda: keras.layers.SeparableConv2D(8, 3, padding="same"),
+        lambda: keras.layers.Conv1D(8, 3, padding="same"),
+    ],
+)
+def test_convolutions_match_keras_forward_and_backward(layer):
+    rank = 3 if "Conv1D" in repr(layer()) else 4
+    shape = (2, 9, 4) if rank == 3 else (2, 9, 11, 4)
+    x0 = np.random.default_rng(0).normal(size=shape).astype("float32")
+
+    def run():
+        set_seed(0)
+        conv = layer()
+        x = torch.tensor(x0, requires_grad=True)
+        y = conv(x)
+        (y * torch.arange(y.numel()).reshape(y.shape).float().sin()).sum().backward()
+        return y.detach().numpy(), x.grad.numpy(), [v.value.grad.numpy() for v in conv.trainable_variables]
+
+    reference, fast = both(run)
+    np.testing.assert_allclose(fast[0], reference[0], atol=1e-5)
+    np.testing.assert_allclose(fast[1], reference[1], atol=1e-5)
+    for a, b in zip(fast[2], reference[2]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_batch_norm_matches_keras_in_training_and_inference(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    x0 = np.random.default_rng(1).normal(2.0, 3.0, size=(4, 5, 6, 8)).astype("float32")
+
+    def run():
+        bn = keras.layers.BatchNormalization(momentum=0.9)
+        bn.build(x0.shape)
+        bn.gamma.assign(np.linspace(0.5, 1.5, 8))
+        bn.beta.assign(np.linspace(-1, 1, 8))
+        x = torch.tensor(x0, requires_grad=True)
+        y = bn(x, training=True)
+        (y.float() * torch.linspace(-1, 1, 8)).square().sum().backward()
+        inference = bn(torch.tensor(x0), training=False)
+        return (y.detach().float().numpy(), x.grad.numpy(), bn.gamma.value.grad.numpy(), bn.beta.value.grad.numpy(),
+                bn.moving_mean.numpy(), bn.moving_variance.numpy(), inference.detach().float().numpy(), y.dtype)
+
+    reference, fast = both(run)
+    atol = 1e-2 if policy == "mixed_float16" else 1e-5
+    for a, b in zip(fast[:7], reference[:7]):
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-3)
+    assert fast[7] == reference[7]
+    # The moving statistics moved by (1 - momentum) toward the batch's biased moments.
+    np.testing.assert_allclose(fast[4], 0.1 * x0.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(fast[5], 0.9 + 0.1 * x0.var(axis=(0, 1, 2)), rtol=1e-4)
+
+
+def test_batch_norm_with_a_mask_or_renorm_uses_keras_code():
+    bn = keras.layers.BatchNormalization(renorm=True)
+    x = torch.randn(2, 3, 4, 5)
+    assert not fast_ops._fast_batch_norm_applies(bn, x, None)
+    assert not fast_ops._fast_batch_norm_applies(keras.layers.BatchNormalization(), x, torch.ones(2, 3, 4))
+    assert not fast_ops._fast_batch_norm_applies(keras.layers.BatchNormalization(axis=1), x, None)
+    assert fast_ops._fast_batch_norm_applies(keras.layers.BatchNormalization(), x, None)
+
+
+@pytest.mark.parametrize("name, size", [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64),
+                                        ("tiny_dinov2", 56), ("tiny_convnext", 64), ("cxr_resnet", 64)])
+def test_every_family_trains_and_predicts_like_keras(name, size):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+    fresh = rng.integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+    y = np.eye(4, dtype="float32")[rng.integers(0, 4, 6)]
+
+    def run():
+        set_seed(0)
+        model = models.build(name, image_size=size, dropout=0.0)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="categorical_crossentropy")
+        before = predict_probs(model, x, batch_size=3)
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        # The trace made on `x`'s batches must be right on other pixels too (and a new shape).
+        return before, predict_probs(model, x, batch_size=3), predict_probs(model, fresh, batch_size=3), model
+
+    reference, fast = both(run)
+    np.testing.assert_allclose(fast[0], reference[0], atol=1e-6)
+    np.testing.assert_allclose(fast[1], reference[1], atol=1e-4)
+    np.testing.assert_allclose(fast[2], reference[2], atol=1e-4)
+    model = fast[3]
+    eager = model(torch.from_numpy(fresh), training=False).detach().numpy()
+    np.testing.assert_allclose(fast[2], eager, atol=1e-6)
+    assert any(t is not None for t in fast_ops._TRACES[model].values())  # really traced
+
+
+def test_models_that_are_not_keras_cxrs_run_eagerly():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    predict_probs(model, np.ones((4, 8), "float32"))
+    assert model not in fast_ops._TRACES
+
+
+def test_traces_do_not_keep_models_alive():
+    model = models.build("cxr_resnet", image_size=32)
+    predict_probs(model, np.zeros((2, 32, 32, 3), np.uint8))
+    assert fast_ops._TRACES[model]
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_disabled_by_environment(monkeypatch, keras_ops):
+    monkeypatch.setenv("KERAS_CXR_FAST_OPS", "0")
+    assert not fast_ops.enabled()
+    fast_ops.install()
+    assert not fast_ops.installed()
+    monkeypatch.setenv("KERAS_CXR_FAST_OPS", "1")
