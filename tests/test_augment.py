@@ -277,3 +277,40 @@ def test_mixing_chooses_mixup_then_cutmix(monkeypatch):
         mixing.apply(x, y, None, rng)
     for name, p in (("mixup", 0.6), ("cutmix", 0.4 * 0.5)):
         assert abs(calls[name] / n - p) < 4 * math.sqrt(p * (1 - p) / n), calls
+
+
+def test_warp_affine_matches_pillows_bilinear_transform():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    image = (127 + 60 * np.sin(xx / 7.0) * np.cos(yy / 11.0)).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    for _ in range(5):
+        matrix = affine_matrix((96, 96), angle=rng.uniform(-10, 10), translate=(rng.uniform(-8, 8), 0),
+                               scale=rng.uniform(0.92, 1.08), shear=rng.uniform(-12, 12))
+        inverse = np.linalg.inv(matrix)
+        pil = np.asarray(Image.fromarray(image).transform((96, 96), Image.AFFINE, data=tuple(inverse[:2].reshape(-1)),
+                                                          resample=Image.BILINEAR, fillcolor=(0, 0, 0)))
+        ours = warp_affine(image, matrix)
+        # Compare where both sample inside the source, a pixel away from the filled border.
+        inside = warp_affine(np.full_like(image, 255), matrix)[..., 0] == 255
+        inside[1:-1, 1:-1] &= inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+        inside[[0, -1]] = False
+        inside[:, [0, -1]] = False
+        diff = np.abs(ours[inside].astype(int) - pil[inside].astype(int))
+        assert inside.mean() > 0.6 and diff.mean() < 0.6 and diff.max() <= 2
+        gray = warp_affine(image[..., :1], matrix)
+        assert gray.shape == (96, 96, 1)
+        np.testing.assert_array_equal(gray[..., 0], ours[..., 0])
+
+
+def test_gray_images_augment_like_their_rgb_copies():
+    aug = Augmentation(erasing_p=0.0)
+    rng_image = np.random.default_rng(1)
+    gray = rng_image.integers(0, 256, (40, 40, 1), dtype=np.uint8)
+    rgb = np.repeat(gray, 3, axis=-1)
+    for seed in range(5):
+        out_gray = aug.apply(gray, np.random.default_rng(seed))
+        out_rgb = aug.apply(rgb, np.random.default_rng(seed))
+        assert out_gray.shape == (40, 40, 1)
+        assert np.abs(out_gray[..., 0].astype(int) - out_rgb[..., 0].astype(int)).max() <= 1

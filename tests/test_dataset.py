@@ -191,7 +191,7 @@ def test_batches_depend_only_on_seed_epoch_and_index(small_table):
 def test_cache_decodes_each_image_once(small_table, monkeypatch):
     calls = []
     real = dataset_module.load_image
-    monkeypatch.setattr(dataset_module, "load_image", lambda path, size: calls.append(path) or real(path, size))
+    monkeypatch.setattr(dataset_module, "load_image", lambda path, size, **kw: calls.append(path) or real(path, size, **kw))
     cached = CXRDataset(small_table, 8, batch_size=10, cache=True)
     first = [cached[i][0] for i in range(3)]
     second = [cached[i][0] for i in range(3)]
@@ -273,3 +273,18 @@ def test_argument_checks(small_table):
         CXRDataset(small_table, 8, seed=-1)
     with pytest.raises(ValueError, match="no rows"):
         CXRDataset(small_table.subset([]), 8)
+
+
+def test_gray_images_fill_all_three_channels(cxr4_dir):
+    from keras_cxr.data import Augmentation
+
+    table = read_table(cxr4_dir / "train.csv", labels="required").subset(np.arange(12))
+    evaluation = CXRDataset(table, 48, batch_size=6, augmentation=Augmentation(unsharp=True), cache=True)
+    for _ in range(2):  # decoded, then from the cache
+        x, _ = evaluation[1]
+        expected = np.stack([Augmentation(unsharp=True).preprocess(load_image(p, 48)) for p in table.paths[6:]])
+        np.testing.assert_array_equal(x, expected)
+    training = CXRDataset(table, 48, batch_size=6, training=True, augmentation=Augmentation(), seed=3)
+    x, _ = training[0]
+    np.testing.assert_array_equal(x[..., 0], x[..., 1])
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])

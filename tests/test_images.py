@@ -149,3 +149,18 @@ def test_decompression_bomb_is_an_image_error(tmp_path, monkeypatch):
 def test_bad_size(tmp_path, size):
     with pytest.raises(ValueError, match="size must be a positive integer"):
         load_image(tmp_path / "x.png", size)
+
+
+def test_gray_files_keep_one_channel_and_match_the_rgb_resize(cxr4_dir):
+    from PIL import Image
+
+    path = cxr4_dir / "images" / "2.jpeg"
+    for size in (64, 300, 384):
+        rgb = load_image(path, size)
+        gray = load_image(path, size, keep_gray=True)
+        assert gray.shape == (size, size, 1) and rgb.shape == (size, size, 3)
+        np.testing.assert_array_equal(np.repeat(gray, 3, axis=-1), rgb)
+        # Resizing the one band equals Pillow resizing the RGB image.
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+        np.testing.assert_array_equal(rgb, expected)

@@ -9,6 +9,7 @@ with `set_epoch` sees the same data as an uninterrupted one.
 import math
 import mmap
 
+import cv2
 import keras
 import numpy as np
 
@@ -44,14 +45,18 @@ class _SharedImageCache:
         nbytes = count * size * size * 3
         self._buffer = mmap.mmap(-1, nbytes + count)
         self.images = np.frombuffer(self._buffer, np.uint8, count=nbytes).reshape(count, size, size, 3)
+        # 0: not decoded yet, 1: RGB, 2: grayscale (read back as one channel)
         self.filled = np.frombuffer(self._buffer, np.uint8, count=count, offset=nbytes)
 
     def get(self, index):
-        return self.images[index] if self.filled[index] else None
+        state = self.filled[index]
+        if not state:
+            return None
+        return self.images[index, ..., :1] if state == 2 else self.images[index]
 
     def put(self, index, image):
         self.images[index] = image
-        self.filled[index] = 1  # written after the pixels, read before them
+        self.filled[index] = 2 if image.shape[-1] == 1 else 1  # written after the pixels, read before them
 
 
 class _EpochSync(keras.callbacks.Callback):
@@ -205,10 +210,14 @@ class CXRDataset(keras.utils.PyDataset):
         return order
 
     def load(self, row):
-        """The resized, preprocessed uint8 image of table row `row`."""
+        """The resized, preprocessed uint8 image of table row `row`.
+
+        `(S, S, 1)` for a grayscale file (augmenting one channel is 3x
+        cheaper; batches repeat it into RGB), else `(S, S, 3)`.
+        """
         image = self._cache.get(row) if self._cache is not None else None
         if image is None:
-            image = load_image(self._table.paths[row], self.image_size)
+            image = load_image(self._table.paths[row], self.image_size, keep_gray=True)
             if self.augmentation is not None:
                 image = self.augmentation.preprocess(image)
             if self._cache is not None:
@@ -226,7 +235,10 @@ class CXRDataset(keras.utils.PyDataset):
             image = self.load(row)
             if rng is not None and self.augmentation is not None:
                 image = self.augmentation.apply(image, rng)
-            x[j] = image
+            if image.shape[-1] == 1:
+                cv2.cvtColor(image, cv2.COLOR_GRAY2RGB, dst=x[j])  # a SIMD copy into all three channels
+            else:
+                x[j] = image
         table = self._table
         if not table.is_labeled:
             return (x,)

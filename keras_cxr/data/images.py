@@ -69,7 +69,21 @@ def to_rgb_uint8(image):
     return image.convert("RGB")
 
 
-def load_image(path, size):
+_GRAY_MODES = ("L", "1")
+
+
+def _resized_array(image, size):
+    """`(size, size, 1)` for grayscale Pillow images, `(size, size, 3)` otherwise."""
+    if image.mode in _GRAY_MODES or image.mode.startswith("I") or image.mode == "F":
+        gray = image.convert("L") if image.mode in _GRAY_MODES else Image.fromarray(_stretch_to_uint8(np.asarray(image)))
+        # Pillow resamples each band alike, so resizing one band and repeating
+        # it equals resizing the RGB image, at a third of the cost.
+        return np.asarray(gray.resize((size, size), Image.BILINEAR), dtype=np.uint8)[..., None].copy()
+    rgb = to_rgb_uint8(image).resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def load_image(path, size, keep_gray=False):
     """Decode `path` and resize it to `(size, size)` RGB uint8.
 
     The resize is Pillow BILINEAR straight to a square (the aspect ratio is
@@ -79,9 +93,14 @@ def load_image(path, size):
     Args:
         path: image file path (JPEG, PNG, or anything Pillow reads).
         size: output side length in pixels.
+        keep_gray: return grayscale files (8-bit, 16-bit, float, 1-bit) as
+            `(size, size, 1)` instead of repeating them into three channels,
+            so augmentation can work on one channel (the pixel values are
+            the same).
 
     Returns:
-        `np.ndarray` of shape `(size, size, 3)` and dtype uint8.
+        `np.ndarray` of shape `(size, size, 3)` (or `(size, size, 1)`, see
+        `keep_gray`) and dtype uint8.
 
     Raises:
         ImageError: for a missing, empty, truncated, non-image or
@@ -108,9 +127,8 @@ def load_image(path, size):
                     f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
                 )
             image.load()
-            rgb = to_rgb_uint8(image)
-            rgb = rgb.resize((int(size), int(size)), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8).copy()
+            array = _resized_array(image, int(size))
+            return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 and not keep_gray else array
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
