@@ -28,9 +28,15 @@ dispatch costs about as much as the arithmetic of a small network's forward
 pass, and a trace replays only the torch operations. Each input shape is
 traced once and checked against the eager forward before it is trusted.
 
+- Keras's Adam/AdamW update on torch is seven `torch._foreach_*` passes
+  over every weight (one kernel per tensor per pass on CPU); here it is one
+  `torch._fused_adam_` pass, with epsilon rescaled so that the update is
+  Keras's formula exactly (`lr * sqrt(1 - b2^t) / (1 - b1^t) * m /
+  (sqrt(v) + eps)`); weight decay stays Keras's own step.
+
 `install()` replaces `keras.src.backend.torch.nn.conv`,
-`keras.layers.Dense.call` and `keras.layers.BatchNormalization.call` for
-the whole process (it is called
+`keras.layers.Dense.call`, `keras.layers.BatchNormalization.call` and the
+torch backend's Adam/AdamW update for the whole process (it is called
 when `keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
 goes to Keras's own code. Results match Keras's to float32 rounding (tests
@@ -91,6 +97,26 @@ def _dense_call(self, inputs, training=None):
         return _keras_dense_call(self, inputs, training=training)
     x = F.linear(inputs, kernel.t(), bias)
     return x if self.activation is None else self.activation(x)
+
+
+def _adam_update(self, grads, variables, learning_rate):
+    params = [v.value for v in variables]
+    dtype, device = params[0].dtype, params[0].device
+    if self.amsgrad or any(p.dtype != dtype or p.device != device or g.dtype != dtype
+                           for p, g in zip(params, grads)):
+        return _keras_adam_update(self, grads, variables, learning_rate)
+    momentums = [self._momentums[self._get_variable_index(v)].value for v in variables]
+    velocities = [self._velocities[self._get_variable_index(v)].value for v in variables]
+    step = float(self.iterations.value.item()) + 1.0
+    # torch divides sqrt(v) by sqrt(1 - b2^t) before adding eps; Keras adds
+    # eps to sqrt(v). Scaling eps by the same factor gives Keras's update.
+    eps = float(self.epsilon) / (1.0 - float(self.beta_2) ** step) ** 0.5
+    steps = [torch.tensor(step, dtype=torch.float32, device=device)] * len(params)
+    torch._fused_adam_(
+        params, list(grads), momentums, velocities, [], steps,
+        lr=float(learning_rate), beta1=float(self.beta_1), beta2=float(self.beta_2),
+        weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+    )
 
 
 def _fast_batch_norm_applies(layer, inputs, mask):
@@ -189,13 +215,18 @@ def inference_call(model, x):
 _keras_conv = None
 _keras_batch_norm_call = None
 _keras_dense_call = None
+_keras_adam_update = None
 
 
 def install():
     """Patch Keras's torch conv and BatchNormalization (once; no-op when disabled)."""
-    global _installed, _keras_conv, _keras_batch_norm_call, _keras_dense_call
+    global _installed, _keras_conv, _keras_batch_norm_call, _keras_dense_call, _keras_adam_update
     if _installed or not enabled():
         return
+    from keras.src.backend.torch.optimizers import torch_adam
+
+    _keras_adam_update = torch_adam.Adam._parallel_update_step
+    torch_adam.Adam._parallel_update_step = _adam_update
     _keras_dense_call = keras.layers.Dense.call
     keras.layers.Dense.call = _dense_call
     _keras_conv = torch_nn.conv
@@ -213,6 +244,9 @@ def uninstall():
     torch_nn.conv = _keras_conv
     keras.layers.BatchNormalization.call = _keras_batch_norm_call
     keras.layers.Dense.call = _keras_dense_call
+    from keras.src.backend.torch.optimizers import torch_adam
+
+    torch_adam.Adam._parallel_update_step = _keras_adam_update
     _installed = False
 
 
