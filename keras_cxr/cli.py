@@ -108,6 +108,12 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
         metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite)
     except _user_errors() as e:
         raise _UserError(str(e)) from None
+    except RuntimeError as e:
+        from keras_cxr.training import TrainingDiverged
+
+        if isinstance(e, TrainingDiverged):
+            raise click.ClickException(str(e)) from None
+        raise
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())
     click.echo(
         f"val Macro-F1 {metrics['val_macro_f1']:.4f} ({per_class}); "

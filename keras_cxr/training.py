@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr import models
-from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, WarmupCosine
+from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, WarmupCosine
 from keras_cxr.data import CXRDataset, Table, TableError, read_table
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
@@ -33,6 +33,10 @@ from keras_cxr.seeding import set_seed
 
 class RunDirectoryError(ValueError):
     """The output folder cannot be used."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says where."""
 
 
 class _TrainThroughput(keras.callbacks.Callback):
@@ -167,6 +171,17 @@ def build_model(recipe, num_classes):
     )
 
 
+def _divergence_message(guard, checkpoint, steps_per_epoch, best_path):
+    where = f"the training loss became {guard.loss} at epoch {guard.epoch}, step {guard.step} of {steps_per_epoch}"
+    if checkpoint.best is None:
+        kept = "no checkpoint had been saved yet"
+    else:
+        kept = (f"{best_path} (epoch {checkpoint.best_epoch + 1}, val Macro-F1 {checkpoint.best:.4f}) "
+                "is intact")
+    return (f"training stopped: {where}; {kept}. Lower optimizer.learning_rate, set optimizer.clipnorm, "
+            "or use precision=float32.")
+
+
 def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
     """Train `recipe` and write its run directory; returns the metrics dict."""
     started = time.perf_counter()
@@ -193,7 +208,9 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
     best_path = out / "best.keras"
     checkpoint = MacroF1Checkpoint(val_data, filepath=str(best_path), verbose=verbose)
     throughput = _TrainThroughput(len(train_table))
+    guard = NaNGuard()
     callbacks = [
+        guard,
         WarmupCosine(
             recipe.optimizer.learning_rate,
             warmup_epochs=recipe.schedule.warmup_epochs,
@@ -243,6 +260,8 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
     history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
     write_csv_atomic(history_frame, out / "history.csv")
     plot_history(history.history, out / "curves.png")
+    if guard.tripped:
+        raise TrainingDiverged(_divergence_message(guard, checkpoint, len(train_data), best_path))
 
     best = keras.saving.load_model(best_path)
     val_probs, val_targets = predict_with_labels(best, val_data)

@@ -129,3 +129,33 @@ def test_bad_data_dir_fails_before_training(tmp_path):
     with pytest.raises(Exception, match=r"train.csv"):
         fit_recipe(recipe, tmp_path / "out", verbose=0)
     assert not (tmp_path / "out" / "best.keras").exists()
+
+
+def test_non_finite_loss_stops_with_its_epoch_and_step_and_keeps_the_best(tmp_path, monkeypatch):
+    from keras_cxr.data import dataset as dataset_module
+    from keras_cxr.training import TrainingDiverged
+
+    recipe = tiny_recipe(epochs=3, swa=SWA(start_epoch=1))
+    fit_recipe(recipe.replace(epochs=1, swa=SWA()), tmp_path / "one_epoch", verbose=0)
+
+    real = dataset_module.CXRDataset.__getitem__
+
+    def poisoned(self, index):
+        batch = real(self, index)
+        if self.training and self.epoch == 1 and index == 2:  # epoch 2, step 3 as Keras counts
+            batch = (batch[0], np.full_like(batch[1], np.nan), *batch[2:])
+        return batch
+
+    monkeypatch.setattr(dataset_module.CXRDataset, "__getitem__", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 3 of 8; .*best.keras "
+                                               r"\(epoch 1, val Macro-F1 0\.\d{4}\) is intact"):
+        fit_recipe(recipe, out, verbose=0)
+    assert not (out / "metrics.json").exists() and (out / "history.csv").exists()
+    # best.keras is epoch 1's model: the same as a one-epoch run with this seed.
+    table = read_table(metrics_data_dir(out) / "val.csv")
+    x = np.stack([__import__("keras_cxr").data.load_image(p, 32) for p in table.paths])
+    kept = keras.saving.load_model(out / "best.keras").predict(x, verbose=0)
+    reference = keras.saving.load_model(tmp_path / "one_epoch" / "best.keras").predict(x, verbose=0)
+    assert np.isfinite(kept).all()
+    np.testing.assert_allclose(kept, reference, atol=1e-6)

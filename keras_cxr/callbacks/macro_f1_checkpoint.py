@@ -4,6 +4,7 @@ import contextlib
 import math
 
 import keras
+import numpy as np
 
 from keras_cxr.callbacks.warmup_cosine import base_optimizer
 from keras_cxr.io import save_model_atomic
@@ -57,10 +58,16 @@ def ema_weights(model):
 
 
 def evaluate_macro_f1(model, validation_data, num_classes=None):
-    """Macro-F1 (sklearn rule) of `model` on `validation_data`, from argmax."""
+    """Macro-F1 (sklearn rule) of `model` on `validation_data`, from argmax.
+
+    NaN when the model's probabilities are not finite (diverged weights):
+    such a model is never an improvement, so it is never checkpointed.
+    """
     probs, y_true = predict_with_labels(model, validation_data)
     if y_true is None:
         raise ValueError("validation_data must yield (x, y) batches with labels.")
+    if not np.isfinite(probs).all():
+        return float("nan")
     num_classes = num_classes or probs.shape[-1]
     return macro_f1(y_true, probs.argmax(axis=-1), num_classes)
 

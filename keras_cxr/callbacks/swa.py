@@ -200,6 +200,9 @@ class SWA(keras.callbacks.Callback):
         if epoch < self.start_epoch:
             return
         values = [keras.ops.convert_to_numpy(v).astype(np.float64) for v in self.model.trainable_variables]
+        if not all(np.isfinite(v).all() for v in values):
+            self._say(f"epoch {epoch + 1}: weights are not finite; not added to the average.")
+            return
         if self._sums is None:
             self._sums = values
         else:
@@ -219,6 +222,9 @@ class SWA(keras.callbacks.Callback):
             return
         model = self.model
         before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+        if not all(np.isfinite(w).all() for w in before):
+            self._say("the weights are not finite (training diverged); SWA not applied.")
+            return
         for v, avg in zip(model.trainable_variables, self.averaged_weights()):
             v.assign(avg.astype(v.dtype))
         if self.bn_data is not None:
