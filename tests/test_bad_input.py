@@ -1,0 +1,220 @@
+"""The bad-input matrix: each case gets one clear line naming the file, line or option.
+
+Every case runs a real `keras-cxr` command and checks the exit status, the
+message and that no traceback leaks out.
+"""
+
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from keras_cxr import models
+from keras_cxr.cli import main
+from keras_cxr.recipe import Recipe
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HEADER = "new_filename,normal,bacteria,virus,COVID-19"
+GOOD_ROWS = ["a.png,1,0,0,0", "b.png,0,1,0,0", "c.png,0,0,1,0", "d.png,0,0,0,1"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in "abcd":
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(images / f"{name}.png")
+    model_dir = root / "model"
+    model_dir.mkdir()
+    models.build("cxr_resnet", image_size=32).save(model_dir / "best.keras")
+    (model_dir / "recipe.json").write_text(json.dumps(Recipe().to_dict()))
+    return root
+
+
+def data_dir(workspace, tmp_path, train_rows=None, header=HEADER, train_text=None):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "images").symlink_to(workspace / "images")
+    text = train_text if train_text is not None else "\n".join([header, *(train_rows or GOOD_ROWS)]) + "\n"
+    (folder / "train.csv").write_text(text)
+    (folder / "val.csv").write_text("\n".join([HEADER, *GOOD_ROWS]) + "\n")
+    return folder
+
+
+def fit(folder, *extra):
+    return run("fit", REPO / "recipes" / "smoke.py", "--data-dir", folder, "--out", folder / "run", *extra)
+
+
+TABLE_CASES = {
+    "missing class column": (dict(header="new_filename,normal,bacteria,virus",
+                                  train_rows=["a.png,1,0,0", "b.png,0,1,0"]),
+                             "train.csv line 1: missing column(s) 'COVID-19'"),
+    "duplicate filenames": (dict(train_rows=[*GOOD_ROWS, "a.png,1,0,0,0"]),
+                            "train.csv line 6: duplicate image 'a.png' (also on line 2)"),
+    "two ones in a row": (dict(train_rows=["a.png,1,0,1,0", *GOOD_ROWS[1:]]),
+                          "train.csv line 2: label cells are not one-hot (normal=1, virus=1)"),
+    "all-zero row": (dict(train_rows=["a.png,0,0,0,0", *GOOD_ROWS[1:]]),
+                     "train.csv line 2: label cells are not one-hot (all zeros)"),
+    "non-numeric label": (dict(train_rows=["a.png,yes,0,0,0", *GOOD_ROWS[1:]]),
+                          "train.csv line 2: label cell normal='yes' is not a number"),
+    "fractional label": (dict(train_rows=["a.png,0.5,0.5,0,0", *GOOD_ROWS[1:]]),
+                         "train.csv line 2: label cell normal=0.5 is not 0 or 1"),
+    "partly empty labels": (dict(train_rows=["a.png,1,,0,0", *GOOD_ROWS[1:]]),
+                            "train.csv line 2: label cells partly empty (bacteria empty)"),
+    "empty CSV": (dict(train_text=""), "train.csv: file is empty"),
+    "header only": (dict(train_text=HEADER + "\n"), "train.csv: has a header but no data rows"),
+    "missing image": (dict(train_rows=[*GOOD_ROWS, "zz.png,1,0,0,0"]), "train.csv line 6: image not found"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_CASES))
+def test_bad_tables_fail_before_training(case, workspace, tmp_path):
+    kwargs, message = TABLE_CASES[case]
+    folder = data_dir(workspace, tmp_path, **kwargs)
+    result = fit(folder)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (folder / "run" / "recipe.json").exists()  # nothing started
+
+
+def test_unknown_extra_columns_are_allowed(workspace, tmp_path):
+    from keras_cxr.data import read_table
+
+    folder = data_dir(workspace, tmp_path, header=HEADER + ",patient_id,notes",
+                      train_rows=[r + f",{i},x" for i, r in enumerate(GOOD_ROWS)])
+    assert len(read_table(folder / "train.csv", labels="required")) == 4
+
+
+def _png(mode, size=(24, 24)):
+    rng = np.random.default_rng(1)
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 4096, size, dtype=np.uint16))
+    if mode == "RGBA":
+        return Image.fromarray(rng.integers(0, 256, (*size, 4), dtype=np.uint8), "RGBA")
+    if mode == "P":
+        return Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).convert("P")
+    if mode == "CMYK":
+        return Image.fromarray(rng.integers(0, 256, (*size, 4), dtype=np.uint8), "CMYK")
+    return Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8))
+
+
+def _jpeg_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+BAD_IMAGES = {
+    "zero-byte file": (lambda path: path.write_bytes(b""), "cannot read image: empty file"),
+    "truncated JPEG": (lambda path: path.write_bytes(_jpeg_bytes(_png("L", (64, 64)))[:300]), "cannot read image"),
+    "text named .jpeg": (lambda path: path.write_text("not an image"), "cannot read image"),
+    "decompression bomb": (lambda path: Image.new("1", (20000, 20000)).save(path, format="PNG"),
+                           "possible decompression bomb"),
+}
+GOOD_IMAGES = {
+    "16-bit PNG": lambda path: _png("I;16").save(path, format="PNG"),
+    "RGBA PNG": lambda path: _png("RGBA").save(path, format="PNG"),
+    "palette PNG": lambda path: _png("P").save(path, format="PNG"),
+    "CMYK JPEG": lambda path: _png("CMYK").save(path, format="JPEG"),
+    "1x1 image": lambda path: _png("L", (1, 1)).save(path, format="PNG"),
+}
+
+
+def predict_one_image(workspace, tmp_path, write):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    write(images / "x.jpeg")
+    (tmp_path / "t.csv").write_text("new_filename\nx.jpeg\n")
+    return run("predict", workspace / "model", "--csv", tmp_path / "t.csv", "--images", images,
+               "--out", tmp_path / "p.csv", "--quiet")
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_unreadable_images_are_named(case, workspace, tmp_path, monkeypatch):
+    write, message = BAD_IMAGES[case]
+    if case == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
+    result = predict_one_image(workspace, tmp_path, write)
+    assert result.exit_code == 2, result.output
+    assert "x.jpeg" in result.output and message in result.output
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("case", list(GOOD_IMAGES))
+def test_unusual_but_valid_images_are_read(case, workspace, tmp_path):
+    result = predict_one_image(workspace, tmp_path, GOOD_IMAGES[case])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.csv").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recipes/nope.py"], "recipe file not found: recipes/nope.py"),
+        (["RECIPE:Recipe(epochs=3, optimiser=None)"], "unknown field 'optimiser' in Recipe; did you mean 'optimizer'?"),
+        (["RECIPE:Recipe(epochs='ten')"], "Recipe.epochs: expected an integer, got 'ten'"),
+        (["recipes/smoke.py", "--set", "model.dropout=high"], "Model.dropout: expected"),
+        (["recipes/smoke.py", "--set", "optimizer.lr=1"], "unknown field 'optimizer.lr' in Optimizer"),
+        (["recipes/smoke.py", "--set", "epochs"], "--set expects dotted.key=value, got 'epochs'"),
+    ],
+)
+def test_bad_recipes_and_options(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    if args[0].startswith("RECIPE:"):
+        recipe = tmp_path / "r.py"
+        recipe.write_text(f"from keras_cxr.recipe import Recipe\nrecipe = {args[0][7:]}\n")
+        args = [str(recipe), *args[1:]]
+    result = run("fit", *args, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("fit", REPO / "recipes" / "smoke.py", "--out", blocker / "run")
+    assert result.exit_code == 2 and "is not writable" in result.output
+
+
+def test_corrupt_model_and_class_count_mismatch(workspace, tmp_path):
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes((workspace / "model" / "best.keras").read_bytes()[:1000])
+    (tmp_path / "t.csv").write_text("new_filename\na.png\n")
+    result = run("predict", corrupt, "--csv", tmp_path / "t.csv", "--images", workspace / "images",
+                 "--out", tmp_path / "p.csv")
+    assert result.exit_code == 2 and "corrupt.keras: not a Keras model archive" in result.output
+    three = tmp_path / "three"
+    three.mkdir()
+    models.build("cxr_resnet", num_classes=3, image_size=32).save(three / "best.keras")
+    (three / "recipe.json").write_text(json.dumps(Recipe().to_dict()))
+    result = run("predict", three, "--csv", tmp_path / "t.csv", "--images", workspace / "images",
+                 "--out", tmp_path / "p.csv")
+    assert result.exit_code == 2 and "the model has 3 outputs but" in result.output
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["a.png,0.2,nan,0.4,0.4"], "line 2: bacteria='nan' is not a finite number"),
+        (["a.png,0.5,0.5,0.5,0.5"], "line 2: probabilities sum to 2, not 1"),
+        (["zz.png,0.25,0.25,0.25,0.25"], "filenames differ"),
+    ],
+)
+def test_bad_probability_files(rows, message, workspace, tmp_path):
+    (tmp_path / "p.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    (tmp_path / "labels.csv").write_text(HEADER + "\na.png,1,0,0,0\n")
+    result = run("evaluate", tmp_path / "p.csv", "--labels", tmp_path / "labels.csv")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
