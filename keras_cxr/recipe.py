@@ -229,7 +229,8 @@ class Recipe(Config):
             )
         if self.swa.start_epoch is not None and not 1 <= self.swa.start_epoch <= self.epochs:
             raise ConfigError(
-                f"SWA.start_epoch must be between 1 and epochs={self.epochs}, got {self.swa.start_epoch}"
+                f"SWA.start_epoch must be between 1 and epochs={self.epochs}, got {self.swa.start_epoch} "
+                "(with fewer epochs, also pass --set swa.start_epoch=none or an earlier epoch)"
             )
 
 
