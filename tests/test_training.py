@@ -159,3 +159,11 @@ def test_non_finite_loss_stops_with_its_epoch_and_step_and_keeps_the_best(tmp_pa
     reference = keras.saving.load_model(tmp_path / "one_epoch" / "best.keras").predict(x, verbose=0)
     assert np.isfinite(kept).all()
     np.testing.assert_allclose(kept, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers, processes", [(2, False), (2, True)])
+def test_loader_workers_do_not_change_the_results(run, tmp_path, workers, processes):
+    recipe, out, _ = run
+    parallel = recipe.replace(data=recipe.data.replace(workers=workers, use_multiprocessing=processes))
+    fit_recipe(parallel, tmp_path / "parallel", verbose=0)
+    assert (tmp_path / "parallel" / "val_probs.csv").read_bytes() == (out / "val_probs.csv").read_bytes()
