@@ -167,17 +167,15 @@ def read_probabilities(path, class_names=None, filename_column="new_filename"):
     )
 
 
-def probabilities_frame(filenames, probs, class_names=CLASS_NAMES, filename_column="new_filename"):
-    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(class_names))
+def _table_frame(filenames, values, class_names, filename_column):
+    frame = pd.DataFrame(values, columns=list(class_names))
     frame.insert(0, filename_column, list(filenames))
     return frame
 
 
-def write_probabilities(path, filenames, probs, class_names=CLASS_NAMES, filename_column="new_filename"):
-    """Write probabilities atomically, rows in the order given."""
-    frame = probabilities_frame(filenames, probs, class_names, filename_column)
-    write_csv_atomic(frame, path)
-    return frame
+def probabilities_frame(filenames, probs, class_names=CLASS_NAMES, filename_column="new_filename"):
+    """Float rows in the order given."""
+    return _table_frame(filenames, np.asarray(probs, dtype=np.float64), class_names, filename_column)
 
 
 def submission_frame(filenames, probs, class_names=CLASS_NAMES, filename_column="new_filename"):
@@ -185,8 +183,13 @@ def submission_frame(filenames, probs, class_names=CLASS_NAMES, filename_column=
     probs = np.asarray(probs)
     one_hot = np.zeros(probs.shape, dtype=np.int64)
     one_hot[np.arange(len(probs)), probs.argmax(axis=1)] = 1
-    frame = pd.DataFrame(one_hot, columns=list(class_names))
-    frame.insert(0, filename_column, list(filenames))
+    return _table_frame(filenames, one_hot, class_names, filename_column)
+
+
+def write_probabilities(path, filenames, probs, class_names=CLASS_NAMES, filename_column="new_filename"):
+    """Write probabilities atomically, rows in the order given."""
+    frame = probabilities_frame(filenames, probs, class_names, filename_column)
+    write_csv_atomic(frame, path)
     return frame
 
 
