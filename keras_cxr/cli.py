@@ -83,12 +83,13 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
         quiet):
     """Train the recipe in RECIPE_FILE and write a run directory."""
     from keras_cxr.recipe import apply_overrides, load_recipe
+    from keras_cxr.training import TrainingDiverged, fit_recipe
 
     if (folds_dir is None) != (fold is None):
         raise _UserError("--folds-dir and --fold go together")
     if folds_dir is not None and data_dir is not None:
         raise _UserError("--data-dir and --folds-dir cannot be combined (the fold CSVs locate their images)")
-    try:
+    with _Reported():
         recipe = load_recipe(recipe_file)
         flags = []
         if data_dir is not None:
@@ -103,17 +104,10 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
                 flags.append(f"{key}={value}")
         recipe = apply_overrides(recipe, flags + list(assignments))
         out = out_dir or recipe.output
-        from keras_cxr.training import fit_recipe
-
-        metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite)
-    except _user_errors() as e:
-        raise _UserError(str(e)) from None
-    except RuntimeError as e:
-        from keras_cxr.training import TrainingDiverged
-
-        if isinstance(e, TrainingDiverged):
+        try:
+            metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite)
+        except TrainingDiverged as e:
             raise click.ClickException(str(e)) from None
-        raise
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())
     click.echo(
         f"val Macro-F1 {metrics['val_macro_f1']:.4f} ({per_class}); "
