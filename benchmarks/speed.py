@@ -3,8 +3,9 @@
 Times, with the same torch build, thread count, input size and batch size:
 
 - a training step: forward, loss, backward and optimizer update
-  (keras-cxr: `model.train_on_batch` on a compiled keras-cxr model with
-  AdamW and the focal loss, the step `fit` runs; timm: the usual
+  (keras-cxr: the step function `model.fit` runs for each batch on a
+  compiled keras-cxr model with AdamW and the focal loss, the batch converted
+  to a tensor and the loss read back as fit's progress bar does; timm: the usual
   `zero_grad / forward / cross_entropy / backward / step` loop);
 - inference: keras-cxr's predict path (`keras_cxr.predict.predict_probs`)
   vs a `torch.no_grad()` forward of the timm model in eval mode;
@@ -14,7 +15,13 @@ Times, with the same torch build, thread count, input size and batch size:
 
 It prints medians and keras-cxr / reference ratios (> 1: keras-cxr is
 faster) and writes them with the machine and versions to
-`benchmarks/RESULTS.md`. Run it with `bash benchmarks/run` (its own
+`benchmarks/RESULTS.md`.
+
+On a CUDA GPU, `--device cuda --precision mixed_float16` compares keras-cxr
+under Keras's `mixed_float16` policy with timm under `torch.autocast`
+(float16) and a `GradScaler`, the usual AMP loop; timm is timed both in its
+default memory format and in `channels_last`, and the faster one is the
+reference. `cudnn.benchmark` is on for everyone. Run it with `bash benchmarks/run` (its own
 environment: timm needs torchvision, which needs another torch build than
 the test environment).
 """
@@ -29,6 +36,8 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+if "--device" in sys.argv:  # Keras picks its torch device when it is imported
+    os.environ["KERAS_TORCH_DEVICE"] = sys.argv[sys.argv.index("--device") + 1]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -97,13 +106,20 @@ def build_timm(name, image_size):
     return timm.create_model(timm_name, pretrained=False, num_classes=4, **kwargs)
 
 
-def keras_steps(name, image_size, batch, fast=True):
-    """keras-cxr's (train step, inference step, parameter count); `fast=False`: Keras's own kernels."""
+def keras_steps(name, image_size, batch, fast=True, precision="float32"):
+    """keras-cxr's (train step, inference step, parameter count); `fast=False`: Keras's own kernels.
+
+    Both steps end with results on the host (a loss value, numpy
+    probabilities), so on a GPU they include the synchronisation.
+    """
     from keras_cxr import fast_ops
     from keras_cxr.losses import FocalLoss
+    from keras_cxr.precision import set_precision
     from keras_cxr.predict import predict_probs
 
+    set_precision(precision)
     model = build_keras(name, image_size)
+    set_precision("float32")
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=FocalLoss())
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
@@ -118,43 +134,64 @@ def keras_steps(name, image_size, batch, fast=True):
                 fast_ops.install()
         return step
 
-    return (with_kernels(lambda: model.train_on_batch(x, y)),
+    model.train_on_batch(x, y)  # builds the model's metrics and optimizer
+    model.make_train_function()
+
+    def train_step():  # one iteration of fit's loop
+        batch = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y), None)
+        float(model.train_function([batch])["loss"])
+
+    return (with_kernels(train_step),
             with_kernels(lambda: predict_probs(model, x, batch_size=batch)), model.count_params())
 
 
-def timm_steps(name, image_size, batch):
-    model = build_timm(name, image_size)
+def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=False):
+    """timm's (train step, inference step, parameter count): the plain loop, or AMP float16 with a GradScaler."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_timm(name, image_size).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, image_size, image_size)
-    y = torch.randint(0, 4, (batch,))
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 4, (batch,), device=device)
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.float16, enabled=amp)
 
     def train_step():
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss.item()  # the loss on the host, as keras-cxr's progress bar reads it
 
     def infer_step():
         model.eval()
-        with torch.no_grad():
-            model(x).softmax(dim=1)
+        with torch.no_grad(), autocast():
+            model(x).float().softmax(dim=1).cpu()
 
     return train_step, infer_step, sum(p.numel() for p in model.parameters())
 
 
 def compare(name, size, args):
     """Best-of-rounds medians (ms): ours, plain Keras and timm, for training and inference."""
+    amp = args.precision != "float32"
     contenders = {
-        "ours": keras_steps(name, size, args.batch),
-        "plain": keras_steps(name, size, args.batch, fast=False),
-        "timm": timm_steps(name, size, args.batch),
+        "ours": keras_steps(name, size, args.batch, precision=args.precision),
+        "plain": keras_steps(name, size, args.batch, fast=False, precision=args.precision),
+        "timm": timm_steps(name, size, args.batch, args.device, amp),
     }
+    if args.device == "cuda":
+        contenders["timm_cl"] = timm_steps(name, size, args.batch, args.device, amp, channels_last=True)
     best = {(who, kind): float("inf") for who in contenders for kind in ("train", "infer")}
     for _ in range(args.rounds):  # alternate, so a slow spell of the machine hits everyone
         for who, (train, infer, _) in contenders.items():
             best[who, "train"] = min(best[who, "train"], median_ms(train, args.steps, args.warmup))
             best[who, "infer"] = min(best[who, "infer"], median_ms(infer, args.steps, args.warmup))
+    for kind in ("train", "infer"):
+        best["timm", kind] = min(best[who, kind] for who in contenders if who.startswith("timm"))
     return best, contenders["ours"][2], contenders["timm"][2]
 
 
@@ -206,6 +243,8 @@ def machine():
     import timm
     import torchvision
 
+    if torch.cuda.is_available() and os.environ.get("KERAS_TORCH_DEVICE", "").startswith("cuda"):
+        cpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}); {cpu}"
     return (f"{cpu}; {platform.system()} {platform.machine()}; Python {platform.python_version()}; "
             f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
             f"keras {keras.__version__}, numpy {np.__version__}; torch threads {torch.get_num_threads()}")
@@ -222,9 +261,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best median counts")
     parser.add_argument("--pipeline-images", type=int, default=256)
     parser.add_argument("--pipeline-size", type=int, default=384)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_float16"],
+                        help="keras-cxr's dtype policy; timm runs AMP float16 with mixed_float16")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
 
     rows = []
     for name in args.networks:
@@ -237,19 +280,25 @@ def main(argv=None):
             rows.append(row)
             print("{} {}px params {:,}/{:,}: train {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f}), "
                   "infer {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f})".format(*row), flush=True)
-    ours, reference = pipeline_rates(args.pipeline_size, args.pipeline_images, args.batch)
-    print(f"input pipeline {args.pipeline_size}px: {ours:.0f} vs {reference:.0f} images/s (x{ours / reference:.2f})")
+    if args.pipeline_images:
+        ours, reference = pipeline_rates(args.pipeline_size, args.pipeline_images, args.batch)
+        print(f"input pipeline {args.pipeline_size}px: {ours:.0f} vs {reference:.0f} images/s "
+              f"(x{ours / reference:.2f})")
+    setting = f"{args.device}, float32"
+    if args.precision != "float32":
+        setting = (f"{args.device}, keras-cxr `{args.precision}` vs timm AMP float16 with a GradScaler "
+                   "(default or channels_last memory format, whichever is faster)")
 
     lines = [
         "# Speed: keras-cxr vs PyTorch + timm",
         "",
-        f"Measured {datetime.date.today()} with `bash benchmarks/run` "
-        f"(`benchmarks/speed.py {' '.join(sys.argv[1:])}`).",
+        f"Measured {datetime.date.today()}: `benchmarks/speed.py {' '.join(sys.argv[1:])}` "
+        "(on the CPU machine through `bash benchmarks/run`).",
         "",
         f"Machine: {machine()}.",
         "",
-        f"Batch {args.batch}, random weights; each number is the best of {args.rounds} alternating rounds of the "
-        f"median of {args.steps} steps after {args.warmup} warm-up steps. "
+        f"Setting: {setting}. Batch {args.batch}, random weights; each number is the best of {args.rounds} "
+        f"alternating rounds of the median of {args.steps} steps after {args.warmup} warm-up steps. "
         "Ratio = reference time / keras-cxr time (above 1: keras-cxr is faster).",
         "",
         "\"plain Keras\" is the same keras-cxr model with Keras's own kernels (`KERAS_CXR_FAST_OPS=0`: no "
@@ -263,13 +312,14 @@ def main(argv=None):
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:,} / {r[3]:,} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | **{r[7]:.2f}** "
                      f"| {r[8]:.0f} | {r[9]:.0f} | {r[10]:.0f} | **{r[11]:.2f}** |")
-    lines += [
-        "",
-        f"Input pipeline, one process, {args.pipeline_images} cxr4 JPEGs at {args.pipeline_size} px with the seed's "
-        f"augmentation: keras-cxr `CXRDataset` {ours:.0f} images/s, torchvision transforms {reference:.0f} "
-        f"images/s, ratio {ours / reference:.2f}.",
-        "",
-    ]
+    if args.pipeline_images:
+        lines += [
+            "",
+            f"Input pipeline, one process, {args.pipeline_images} cxr4 JPEGs at {args.pipeline_size} px with the "
+            f"seed's augmentation: keras-cxr `CXRDataset` {ours:.0f} images/s, torchvision transforms "
+            f"{reference:.0f} images/s, ratio {ours / reference:.2f}.",
+        ]
+    lines.append("")
     pathlib.Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

@@ -18,9 +18,13 @@ that plain PyTorch does not:
   separate additions were 13% of the inference time.
 - `BatchNormalization` computes the moments and the normalization as about a
   dozen separate elementwise kernels (and as many in the backward pass). Here
-  a 4-D channels-last batch norm is one `torch.native_batch_norm` call in
-  training and one `batch_norm` call in inference, with the moving statistics
-  updated exactly as Keras does (biased variance, the layer's momentum).
+  a 4-D channels-last batch norm is one fused call in training (the kernel
+  torch's `BatchNorm2d` picks: cuDNN on a GPU, on float16 activations too)
+  and one `batch_norm` call in inference, with the moving statistics updated
+  exactly as Keras does (biased variance, the layer's momentum).
+- Under `mixed_float16`, Keras's `LossScaleOptimizer` checks and unscales
+  each gradient with three separate ops; here it is one multi-tensor finite
+  check and one multi-tensor division (the same arithmetic).
 
 Inference additionally runs through a TorchScript trace of the model
 (`inference_call`, used by `keras_cxr.predict`): Keras's per-layer Python
@@ -35,9 +39,10 @@ traced once and checked against the eager forward before it is trusted.
   (sqrt(v) + eps)`); weight decay stays Keras's own step.
 
 `install()` replaces `keras.src.backend.torch.nn.conv`,
-`keras.layers.Dense.call`, `keras.layers.BatchNormalization.call` and the
-torch backend's Adam/AdamW update for the whole process (it is called
-when `keras_cxr` is imported); everything outside those cases (other ranks,
+`keras.layers.Dense.call`, `keras.layers.BatchNormalization.call`, the
+torch backend's Adam/AdamW update and `LossScaleOptimizer`'s apply step for
+the whole process, and installs `keras_cxr.fast_graph` (it is called when
+`keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
 goes to Keras's own code. Results match Keras's to float32 rounding (tests
 compare predictions, gradients and moving statistics). Set
@@ -57,6 +62,8 @@ from keras.src import backend
 from keras.src.backend.torch import nn as torch_nn
 from keras.src.backend.torch.core import convert_to_tensor
 from keras.src.utils.argument_validation import standardize_tuple
+
+from keras_cxr import fast_graph
 
 _installed = False
 
@@ -129,33 +136,65 @@ def _fast_batch_norm_applies(layer, inputs, mask):
     )
 
 
+_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _float32(variable):
+    value = variable.value  # batch norm's variables are never autocast
+    return value if value.dtype == torch.float32 else value.float()
+
+
 def _batch_norm_call(self, inputs, training=None, mask=None):
-    if not _fast_batch_norm_applies(self, inputs, mask):
+    if not _fast_batch_norm_applies(self, inputs, mask) or self.compute_dtype not in _TORCH_DTYPES:
         return _keras_batch_norm_call(self, inputs, training=training, mask=mask)
-    x = ops.cast(inputs, "float32") if inputs.dtype != torch.float32 else inputs
+    x = inputs
+    # On a GPU, cuDNN normalizes float16/bfloat16 activations with float32
+    # statistics and weights itself (as torch's BatchNorm2d does under
+    # autocast); elsewhere the activations are cast to float32 as Keras does.
+    if x.dtype != torch.float32 and not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+        x = x.float()
     x = x.permute(0, 3, 1, 2)
-    gamma = ops.cast(self.gamma, "float32") if self.scale else None
-    beta = ops.cast(self.beta, "float32") if self.center else None
+    gamma = _float32(self.gamma) if self.scale else None
+    beta = _float32(self.beta) if self.center else None
     if training and self.trainable:
-        out, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, self.epsilon)
+        out, mean, invstd = torch._batch_norm_impl_index(
+            x, gamma, beta, None, None, True, 0.0, self.epsilon, torch.backends.cudnn.enabled
+        )[:3]
         with torch.no_grad():
+            # Keras's update: biased batch variance, `momentum` weighting the old value.
             variance = invstd.pow(-2) - self.epsilon
             momentum = self.momentum
-            self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(
-                ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
-            )
+            self.moving_mean.assign(_float32(self.moving_mean) * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(_float32(self.moving_variance) * momentum + variance * (1.0 - momentum))
     else:
-        out = F.batch_norm(
-            x,
-            ops.cast(self.moving_mean, "float32"),
-            ops.cast(self.moving_variance, "float32"),
-            gamma,
-            beta,
-            training=False,
-            eps=self.epsilon,
-        )
-    return ops.cast(out.permute(0, 2, 3, 1), self.compute_dtype)
+        out = F.batch_norm(x, _float32(self.moving_mean), _float32(self.moving_variance), gamma, beta,
+                           training=False, eps=self.epsilon)
+    out = out.permute(0, 2, 3, 1)
+    dtype = _TORCH_DTYPES[self.compute_dtype]
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def _loss_scale_apply(self, grads, trainable_variables=None):
+    """`LossScaleOptimizer`'s step with two multi-tensor passes instead of three ops per gradient."""
+    variables = trainable_variables or self._trainable_variables
+    tensors = [g for g in grads if g is not None]
+    if (not self.built or not tensors
+            or any(g is not None and self._overwrite_variable_with_gradient(v) for g, v in zip(grads, variables))
+            or len({(g.device, g.dtype) for g in tensors}) != 1):
+        return _keras_loss_scale_apply(self, grads, trainable_variables)
+    found_inf = torch.zeros(1, device=tensors[0].device)
+    # A check only: the gradients are multiplied by exactly 1.
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, torch.ones(1, device=found_inf.device))
+    if found_inf.item():
+        return self._stateful_handle_non_finite_grads()
+    unscaled = iter(torch._foreach_div(tensors, convert_to_tensor(self.dynamic_scale).to(tensors[0].dtype)))
+    self.inner_optimizer.apply([None if g is None else next(unscaled) for g in grads],
+                               trainable_variables=trainable_variables)
+    if int(self.step_counter.value.item()) == self.dynamic_growth_steps - 1:
+        self.step_counter.assign(0)
+        self.dynamic_scale.assign(ops.multiply(self.dynamic_scale, 2.0))
+    else:
+        self.step_counter.assign_add(1)
 
 
 # model -> {(shape, dtype): traced module, or None when tracing failed or disagreed}
@@ -216,14 +255,20 @@ _keras_conv = None
 _keras_batch_norm_call = None
 _keras_dense_call = None
 _keras_adam_update = None
+_keras_loss_scale_apply = None
 
 
 def install():
     """Patch Keras's torch conv and BatchNormalization (once; no-op when disabled)."""
     global _installed, _keras_conv, _keras_batch_norm_call, _keras_dense_call, _keras_adam_update
+    global _keras_loss_scale_apply
     if _installed or not enabled():
         return
     from keras.src.backend.torch.optimizers import torch_adam
+    from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
+
+    _keras_loss_scale_apply = LossScaleOptimizer._common_apply
+    LossScaleOptimizer._common_apply = _loss_scale_apply
 
     _keras_adam_update = torch_adam.Adam._parallel_update_step
     torch_adam.Adam._parallel_update_step = _adam_update
@@ -233,6 +278,7 @@ def install():
     _keras_batch_norm_call = keras.layers.BatchNormalization.call
     torch_nn.conv = _conv  # depthwise_conv and separable_conv call it too
     keras.layers.BatchNormalization.call = _batch_norm_call
+    fast_graph.install()
     _installed = True
 
 
@@ -247,6 +293,10 @@ def uninstall():
     from keras.src.backend.torch.optimizers import torch_adam
 
     torch_adam.Adam._parallel_update_step = _keras_adam_update
+    from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
+
+    LossScaleOptimizer._common_apply = _keras_loss_scale_apply
+    fast_graph.uninstall()
     _installed = False
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from keras_cxr import fast_ops, models
+from keras_cxr import fast_graph, fast_ops, models
 from keras_cxr.predict import predict_probs
 from keras_cxr.seeding import set_seed
 
@@ -213,3 +213,81 @@ def test_adam_updates_match_keras(optimizer):
     for a, b in zip(fast, reference):
         np.testing.assert_allclose(a, b, atol=2e-6)
     assert not np.allclose(fast[0], np.random.default_rng(0).normal(size=(5, 7)))  # the weights moved
+
+
+FAMILIES = [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64), ("tiny_dinov2", 56),
+            ("tiny_convnext", 64), ("cxr_resnet", 64)]
+
+
+@pytest.mark.parametrize("name, size", FAMILIES)
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_graph_runner_gives_keras_outputs_gradients_and_updates(name, size, policy):
+    """The fast graph walk is bit-identical to Keras's `Layer.__call__` path, dropout included."""
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model = models.build(name, image_size=size, dropout=0.4)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    x = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (3, size, size, 3), dtype=np.uint8))
+    start = [v.numpy().copy() for v in model.non_trainable_variables]  # moving statistics, dropout seeds
+
+    def run(training):
+        for variable, value in zip(model.non_trainable_variables, start):
+            variable.assign(value)
+        torch.manual_seed(0)  # unseeded Dropout draws from torch's global generator
+        for w in model.trainable_variables:
+            w.value.grad = None
+        out = model(x, training=training)
+        out.float().square().sum().backward()
+        return (out.detach().float().numpy(), [w.value.grad.numpy().copy() for w in model.trainable_variables],
+                [v.numpy().copy() for v in model.non_trainable_variables])
+
+    for training in (False, True):
+        fast = run(training)
+        fast_graph.uninstall()  # Keras's Layer.__call__ path, the same kernels
+        try:
+            reference = run(training)
+        finally:
+            fast_graph.install()
+        np.testing.assert_array_equal(fast[0], reference[0])
+        for a, b in zip(fast[1] + fast[2], reference[1] + reference[2]):
+            np.testing.assert_array_equal(a, b)
+    assert fast_graph._PLANS[model] is not None  # the fast walk really ran
+    # Dropout is live in training: another generator state gives other outputs.
+    torch.manual_seed(1)
+    assert not np.array_equal(model(x, training=True).detach().float().numpy(), fast[0])
+
+
+def test_graph_runner_leaves_other_models_to_keras():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    model(np.ones((2, 8), "float32"))
+    assert fast_graph._PLANS[model] is None
+    # A keras-cxr model nested in a user's model is still walked fast, and the user's model builds.
+    inner = models.build("cxr_resnet", image_size=32)
+    images = keras.Input((32, 32, 3))
+    outer = keras.Model(images, keras.layers.Dense(2)(inner(images)))
+    out = outer(np.zeros((2, 32, 32, 3), "uint8"))
+    assert tuple(out.shape) == (2, 2) and fast_graph._PLANS[inner] is not None
+
+
+def test_loss_scale_optimizer_matches_keras():
+    """Finite check + unscale as two multi-tensor passes: same weights, scale and counter as Keras."""
+    def run():
+        rng = np.random.default_rng(1)
+        variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in [(4, 3), (3,), (2, 5)]]
+        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e-2, momentum=0.9), dynamic_growth_steps=3)
+        history = []
+        for step in range(12):
+            grads = [torch.tensor(rng.normal(size=v.shape).astype("float32") * 2.0 ** 15) for v in variables]
+            if step in (4, 9):
+                grads[1][0] = float("inf") if step == 4 else float("nan")  # skipped, scale halves
+            opt.apply(grads, variables)
+            history.append((float(opt.dynamic_scale.numpy()), int(opt.step_counter.numpy())))
+        return [v.numpy() for v in variables], history
+
+    reference, fast = both(run)
+    assert fast[1] == reference[1]
+    assert [s for s, _ in fast[1]][3:6] == [65536.0, 32768.0, 32768.0]  # grew after 3 finite steps, then halved
+    for a, b in zip(fast[0], reference[0]):
+        np.testing.assert_array_equal(a, b)
