@@ -77,10 +77,12 @@ def main():
 @click.option("--folds-dir", type=click.Path(file_okay=False),
               help="Train on a fold made by `keras-cxr kfold` (with --fold).")
 @click.option("--fold", type=int, help="The fold to train on (0-based; with --folds-dir).")
-@click.option("--overwrite", is_flag=True, help="Reuse an --out folder that holds a finished run.")
+@click.option("--overwrite", is_flag=True, help="Reuse an --out folder that holds a finished or unfinished run.")
+@click.option("--resume", is_flag=True,
+              help="Continue the unfinished run in --out from its last completed epoch (same recipe and options).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignments, folds_dir, fold, overwrite,
-        quiet):
+        resume, quiet):
     """Train the recipe in RECIPE_FILE and write a run directory."""
     from keras_cxr.recipe import apply_overrides, load_recipe
     from keras_cxr.training import TrainingDiverged, fit_recipe
@@ -105,7 +107,7 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
         recipe = apply_overrides(recipe, flags + list(assignments))
         out = out_dir or recipe.output
         try:
-            metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite)
+            metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite, resume=resume)
         except TrainingDiverged as e:
             raise click.ClickException(str(e)) from None
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())

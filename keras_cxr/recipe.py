@@ -43,6 +43,9 @@ class Data(Config):
         cache: keep decoded, resized images in memory after the first epoch.
         workers: `keras.utils.PyDataset` loader workers (0 or 1: in-process).
         use_multiprocessing: loader workers are processes, not threads.
+        on_bad_image: every image is decoded once before training;
+            ``"error"`` stops with a list of the unreadable files,
+            ``"skip"`` trains without them and lists them in `metrics.json`.
     """
 
     data_dir: str | None = None
@@ -55,6 +58,7 @@ class Data(Config):
     cache: bool = True
     workers: int = 1
     use_multiprocessing: bool = False
+    on_bad_image: typing.Literal["error", "skip"] = "error"
 
     def validate(self):
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):

@@ -8,9 +8,13 @@
 - `history.csv`, `curves.png`: per-epoch losses, val Macro-F1, learning rate,
 - `val_probs.csv`: `best.keras`'s validation probabilities, CSV order,
 - `metrics.json`, `confusion.png`: validation scores and timings,
-- `recipe.json`: the resolved recipe.
+- `recipe.json`: the resolved recipe,
+- `training_state.npz` while training runs: the snapshot of the last
+  completed epoch that `fit_recipe(..., resume=True)` (`keras-cxr fit
+  --resume`) continues from; deleted when the run finishes.
 """
 
+import json
 import pathlib
 import time
 
@@ -19,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr import models
-from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, WarmupCosine
-from keras_cxr.data import CXRDataset, Table, TableError, read_table
+from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, TrainingState, WarmupCosine
+from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_table
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.losses import FocalLoss
@@ -63,11 +67,19 @@ class _TrainThroughput(keras.callbacks.Callback):
         return self.epochs * self.images_per_epoch / max(self.seconds, 1e-9)
 
 
+STATE_FILE = "training_state.npz"
+
+
 def prepare_run_directory(out_dir, overwrite=False):
     """Create `out_dir`, refusing to mix two runs' artifacts in one folder."""
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} exists and is not a folder")
+    if (out / STATE_FILE).exists() and not overwrite:
+        raise RunDirectoryError(
+            f"--out {out} holds an unfinished run ({STATE_FILE}); continue it with --resume, "
+            "or pass --overwrite to start again"
+        )
     if (out / "metrics.json").exists() and not overwrite:
         raise RunDirectoryError(
             f"--out {out} already holds a finished run (metrics.json); "
@@ -83,6 +95,39 @@ def prepare_run_directory(out_dir, overwrite=False):
     return out
 
 
+def check_resumable(recipe, out_dir):
+    """The run folder to continue: it must hold an unfinished run of the same recipe."""
+    out = pathlib.Path(out_dir)
+    if not out.is_dir():
+        raise RunDirectoryError(f"--resume: {out} does not exist; start the run without --resume")
+    if (out / "metrics.json").exists():
+        raise RunDirectoryError(f"--resume: {out} holds a finished run (metrics.json); nothing to continue")
+    if not (out / STATE_FILE).exists():
+        raise RunDirectoryError(
+            f"--resume: {out} has no {STATE_FILE}, so no epoch was completed; "
+            "start again without --resume (add --overwrite if the folder is not empty)"
+        )
+    try:
+        saved = json.loads((out / "recipe.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RunDirectoryError(f"--resume: cannot read {out / 'recipe.json'}: {e}") from None
+    current = json.loads(json.dumps(recipe.to_dict()))
+    changed = _differences(saved, current)
+    if changed:
+        raise RunDirectoryError(
+            f"--resume: the recipe differs from the run's recipe.json in {', '.join(changed)}; "
+            "resume with the same recipe file and options"
+        )
+    return out
+
+
+def _differences(saved, current, prefix=""):
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current))
+        return [d for k in keys for d in _differences(saved.get(k), current.get(k), f"{prefix}{k}.")]
+    return [] if saved == current else [f"{prefix[:-1]} ({saved!r} -> {current!r})"]
+
+
 def resolve_data_dir(data):
     """The recipe's data folder, or the embedded synthetic data set."""
     if data.data_dir is not None:
@@ -92,8 +137,12 @@ def resolve_data_dir(data):
     return pathlib.Path(ensure_default_dataset())
 
 
-def load_tables(data):
-    """The training table (with `data.extra_train` appended) and the validation table."""
+def load_tables(data, verbose=0):
+    """The training table (with `data.extra_train` appended), the validation table and the skipped images.
+
+    Every image is decoded once first (`data.on_bad_image`): unreadable ones
+    stop the run here, before any training, or are left out and listed.
+    """
     root = resolve_data_dir(data)
     kwargs = dict(
         images_dir=root / data.images_dir,
@@ -105,9 +154,18 @@ def load_tables(data):
     val = read_table(root / data.val_csv, **kwargs)
     extras = [read_table(root / csv, **kwargs) for csv in data.extra_train]
     check_disjoint([val, train, *extras])
+    if verbose:
+        print(f"Checking {sum(map(len, [train, val, *extras]))} images.")
+    skipped = []
+    checked = []
+    for table in (train, val, *extras):
+        table, dropped = drop_unreadable(table, data.on_bad_image, workers=max(2, data.workers), verbose=verbose)
+        checked.append(table)
+        skipped += dropped
+    train, val, *extras = checked
     if extras:
         train = Table.concat([train, *extras])
-    return train, val
+    return train, val, skipped
 
 
 def check_disjoint(tables):
@@ -182,14 +240,29 @@ def _divergence_message(guard, checkpoint, steps_per_epoch, best_path):
             "or use precision=float32.")
 
 
-def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
-    """Train `recipe` and write its run directory; returns the metrics dict."""
+def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False):
+    """Train `recipe` and write its run directory; returns the metrics dict.
+
+    With `resume=True`, continue the unfinished run in `out_dir` from its last
+    completed epoch (`training_state.npz`); the recipe must equal the run's
+    `recipe.json`. The continued run ends with the same weights and
+    probabilities as an uninterrupted one.
+    """
     started = time.perf_counter()
-    out = prepare_run_directory(out_dir, overwrite=overwrite)
-    train_table, val_table = load_tables(recipe.data)
+    if resume:
+        if overwrite:
+            raise RunDirectoryError("--resume and --overwrite cannot be combined")
+        out = check_resumable(recipe, out_dir)
+    else:
+        out = prepare_run_directory(out_dir, overwrite=overwrite)
+    train_table, val_table, skipped_images = load_tables(recipe.data, verbose=verbose)
+    if skipped_images and verbose:
+        print(f"Skipping {len(skipped_images)} unreadable images (listed in metrics.json).")
     class_names = recipe.data.class_names
 
-    write_json_atomic(recipe.to_dict(), out / "recipe.json")
+    if not resume:
+        (out / STATE_FILE).unlink(missing_ok=True)  # left by an unfinished run that --overwrite replaces
+        write_json_atomic(recipe.to_dict(), out / "recipe.json")
     set_seed(recipe.seed)
     precision = set_precision(recipe.precision)
     model = build_model(recipe, len(class_names))
@@ -220,15 +293,15 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
         train_data.epoch_callback(),
         checkpoint,
     ]
+    early_stopping = None
     if recipe.early_stopping.patience is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_macro_f1",
-                mode="max",
-                patience=recipe.early_stopping.patience,
-                min_delta=recipe.early_stopping.min_delta,
-            )
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_macro_f1",
+            mode="max",
+            patience=recipe.early_stopping.patience,
+            min_delta=recipe.early_stopping.min_delta,
         )
+        callbacks.append(early_stopping)
     # SWA goes last: its constant learning rate overrides WarmupCosine's, and
     # its end-of-training weights must not be overwritten by another callback.
     swa = None
@@ -243,23 +316,30 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
             verbose=verbose,
         )
         callbacks.append(swa)
+    # Last, so it restores the others after they reset and saves what they recorded.
+    state = TrainingState(out / STATE_FILE, checkpoint=checkpoint, swa=swa, early_stopping=early_stopping)
+    callbacks.append(state)
 
     # Keras builds compiled metrics by pulling one batch; with loader workers
     # the batches prefetched then would leak into the first epoch, so build
     # them here on a validation batch.
     model.evaluate(*val_data[0][:2], verbose=0)
+    state.set_model(model)
+    initial_epoch = state.restore() if resume else 0
+    if verbose and initial_epoch:
+        print(f"Resuming {out} after epoch {initial_epoch} of {recipe.epochs}.")
     # The dataset draws its own seeded order each epoch; Keras's shuffle would
     # reorder batches with the unseeded global RNG.
     collect_cycles = CollectCycles()
     try:
-        history = model.fit(train_data, epochs=recipe.epochs, callbacks=[*callbacks, collect_cycles],
-                            verbose=verbose, shuffle=False)
+        model.fit(train_data, epochs=recipe.epochs, initial_epoch=initial_epoch,
+                  callbacks=[*callbacks, collect_cycles], verbose=verbose, shuffle=False)
     finally:
         collect_cycles.release()
-    history_frame = pd.DataFrame(history.history)
+    history_frame = pd.DataFrame(state.history)  # every epoch, those before a resume included
     history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
     write_csv_atomic(history_frame, out / "history.csv")
-    plot_history(history.history, out / "curves.png")
+    plot_history({k: list(history_frame[k]) for k in history_frame.columns if k != "epoch"}, out / "curves.png")
     if guard.tripped:
         raise TrainingDiverged(_divergence_message(guard, checkpoint, len(train_data), best_path))
 
@@ -277,12 +357,15 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False):
         "validation": summary,
         "swa": None if swa is None else {"val_macro_f1": swa.swa_score, "models_averaged": swa.n_averaged, "used": swa.used},
         "epochs_run": len(history_frame),
+        "resumed_after_epoch": initial_epoch or None,
         "precision": precision,
         "image_size": image_size,
         "train_images": len(train_table),
         "val_images": len(val_table),
+        "skipped_images": skipped_images,
         "train_images_per_second": throughput.images_per_second,
         "seconds": time.perf_counter() - started,
     }
     write_json_atomic(metrics, out / "metrics.json")
+    (out / STATE_FILE).unlink(missing_ok=True)
     return metrics

@@ -152,6 +152,48 @@ def test_unreadable_images_are_named(case, workspace, tmp_path, monkeypatch):
     assert not (tmp_path / "p.csv").exists()
 
 
+def data_dir_with_images(workspace, tmp_path, broken):
+    """A data folder whose training table also lists the files `broken` writes (name -> writer)."""
+    folder = tmp_path / "data"
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for name in "abcd":
+        png = (workspace / "images" / f"{name}.png").read_bytes()
+        (images / f"{name}.png").write_bytes(png)
+        (images / f"val_{name}.png").write_bytes(png)
+    for name, write in broken.items():
+        write(images / name)
+    rows = [*GOOD_ROWS, *(f"{name},0,1,0,0" for name in broken)]
+    (folder / "train.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    (folder / "val.csv").write_text("\n".join([HEADER, *(f"val_{row}" for row in GOOD_ROWS)]) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_fit_names_unreadable_training_images_before_training(case, workspace, tmp_path, monkeypatch):
+    write, message = BAD_IMAGES[case]
+    if case == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
+    folder = data_dir_with_images(workspace, tmp_path, {"x.jpeg": write})
+    result = fit(folder)
+    assert result.exit_code == 2, result.output
+    assert "train.csv, row 'x.jpeg'" in result.output and message in result.output
+    assert 'data.on_bad_image="skip"' in result.output
+    assert not any((folder / "run").iterdir())  # stopped before writing anything
+
+
+def test_fit_can_skip_unreadable_images_and_lists_them(workspace, tmp_path):
+    broken = {"x.jpeg": BAD_IMAGES["truncated JPEG"][0], "y.png": BAD_IMAGES["zero-byte file"][0]}
+    folder = data_dir_with_images(workspace, tmp_path, broken)
+    result = fit(folder, "--set", "data.on_bad_image=skip", "--epochs", "1", "--set", "swa.start_epoch=none",
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((folder / "run" / "metrics.json").read_text())
+    assert metrics["train_images"] == 4
+    assert [s["filename"] for s in metrics["skipped_images"]] == ["x.jpeg", "y.png"]
+    assert "empty file" in metrics["skipped_images"][1]["reason"]
+
+
 @pytest.mark.parametrize("case", list(GOOD_IMAGES))
 def test_unusual_but_valid_images_are_read(case, workspace, tmp_path):
     result = predict_one_image(workspace, tmp_path, GOOD_IMAGES[case])

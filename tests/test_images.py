@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_cxr.data.images import ImageError, load_image, to_rgb_uint8
+from keras_cxr.data.images import ImageError, check_image, load_image, to_rgb_uint8
 
 
 def save(tmp_path, image, name, **kwargs):
@@ -127,12 +127,39 @@ def test_unreadable_files(tmp_path, make, message):
     assert str(path) in str(e.value)
 
 
-def test_truncated_jpeg(tmp_path):
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)
+@pytest.mark.parametrize(
+    "make, message",
+    [(lambda p: None, "file not found"), (lambda p: p.write_bytes(b""), "empty file"),
+     (lambda p: p.write_text("x"), "cannot read image")],
+    ids=["missing", "zero-byte", "not-an-image"],
+)
+def test_unreadable_files_fail_the_quick_check_too(tmp_path, make, message):
+    path = tmp_path / "bad.jpeg"
+    make(path)
+    with pytest.raises(ImageError, match=message):
+        check_image(path)
+
+
+@pytest.mark.parametrize("side, keep", [(64, 600), (1024, 0.5), (1024, 0.98)])
+def test_truncated_jpeg(tmp_path, side, keep):
+    """Cut anywhere, even 2% short of the end of a large file: both the full decode and the quick check fail."""
+    noise = np.random.default_rng(0).integers(0, 256, (side, side), np.uint8)
     path = save(tmp_path, Image.fromarray(noise), "t.jpeg")
-    path.write_bytes(path.read_bytes()[:600])
+    data = path.read_bytes()
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
     with pytest.raises(ImageError, match="t.jpeg: cannot read image"):
         load_image(path, 8)
+    with pytest.raises(ImageError, match="t.jpeg: cannot read image"):
+        check_image(path)
+
+
+def test_quick_check_passes_every_readable_kind(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, image in [("g.jpeg", Image.fromarray(rng.integers(0, 256, (300, 200), np.uint8))),
+                        ("c.jpeg", Image.fromarray(rng.integers(0, 256, (40, 40, 4), np.uint8), "CMYK")),
+                        ("w.png", Image.fromarray(rng.integers(0, 4096, (30, 30), np.uint16))),
+                        ("a.png", Image.fromarray(rng.integers(0, 256, (9, 9, 4), np.uint8), "RGBA"))]:
+        check_image(save(tmp_path, image, name))  # does not raise
 
 
 def test_decompression_bomb_is_an_image_error(tmp_path, monkeypatch):

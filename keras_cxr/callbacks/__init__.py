@@ -2,7 +2,7 @@
 
 Recommended order in the callbacks list:
 `[NaNGuard(), WarmupCosine(...), MacroF1Checkpoint(...), EarlyStopping(monitor="val_macro_f1", mode="max"), SWA(...),
-CollectCycles()]`.
+TrainingState(...), CollectCycles()]`.
 """
 
 from keras_cxr.callbacks.collect_cycles import CollectCycles
@@ -10,7 +10,8 @@ from keras_cxr.callbacks.macro_f1_checkpoint import MacroF1Checkpoint
 from keras_cxr.callbacks.nan_guard import NaNGuard
 from keras_cxr.callbacks.swa import SWA
 from keras_cxr.callbacks.swa import update_bn
+from keras_cxr.callbacks.training_state import TrainingState
 from keras_cxr.callbacks.warmup_cosine import WarmupCosine
 from keras_cxr.callbacks.warmup_cosine import warmup_cosine_lr
 
-__all__ = ["CollectCycles", "MacroF1Checkpoint", "NaNGuard", "SWA", "WarmupCosine", "update_bn", "warmup_cosine_lr"]
+__all__ = ["CollectCycles", "MacroF1Checkpoint", "NaNGuard", "SWA", "TrainingState", "WarmupCosine", "update_bn", "warmup_cosine_lr"]

@@ -4,6 +4,7 @@ Every pixel the models see goes through `load_image`: training, evaluation
 and prediction resize the same way, so there is no train/test skew.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -114,6 +115,28 @@ def load_image(path, size, keep_gray=False):
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
+    with _opened(path) as image:
+        image.load()
+        array = _resized_array(image, int(size))
+        return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 and not keep_gray else array
+
+
+def check_image(path):
+    """Raise the `ImageError` that `load_image(path, ...)` would raise, faster.
+
+    JPEGs are decoded at a reduced scale (Pillow's `draft`), which still
+    reads the whole file, so truncated and corrupt files fail here too.
+    """
+    with _opened(path) as image:
+        if image.format == "JPEG":
+            image.draft(image.mode, (64, 64))
+        image.load()
+        to_rgb_uint8(image)
+
+
+@contextlib.contextmanager
+def _opened(path):
+    """`Image.open(path)`, with every failure inside the block turned into an `ImageError` naming `path`."""
     path = os.fspath(path)
     try:
         with Image.open(path) as image:
@@ -126,9 +149,7 @@ def load_image(path, size, keep_gray=False):
                     f"{path}: {image.width}x{image.height} pixels exceeds the "
                     f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
                 )
-            image.load()
-            array = _resized_array(image, int(size))
-            return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 and not keep_gray else array
+            yield image
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
