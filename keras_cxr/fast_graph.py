@@ -51,7 +51,8 @@ _keras_functional_call = None
 
 def _kind(op):
     if isinstance(op, Functional):
-        return _GRAPH
+        # A subclass with its own `call` (some keras-hub backbones) keeps it.
+        return _GRAPH if type(op).call is Functional.call else _LAYER
     plain = (
         isinstance(op, keras.layers.Layer)
         and type(op).__call__ is keras.layers.Layer.__call__
@@ -124,6 +125,8 @@ def _call_leaf(layer, args, kwargs):
 def _run(model, steps, inputs, training):
     values = {id(ref): value for ref, value in zip(model.inputs, inputs)}
     for node, op, kind in steps:
+        if any(id(x) not in values for x in node.input_tensors):
+            continue  # not computable from these inputs (as Keras skips it)
         args, kwargs = node.arguments.fill_in(values)
         if training is not None and "training" in getattr(op, "_call_context_args", ()):
             kwargs = {**kwargs, "training": training}

@@ -229,6 +229,16 @@ def build_model(recipe, num_classes):
     )
 
 
+def _restore(state):
+    try:
+        return state.restore()
+    except Exception as e:  # noqa: BLE001  - a damaged or foreign snapshot, whatever the reader raised
+        raise RunDirectoryError(
+            f"--resume: {state.filepath} cannot be used ({type(e).__name__}: {e}); "
+            "start the run again with --overwrite"
+        ) from None
+
+
 def _divergence_message(guard, checkpoint, steps_per_epoch, best_path):
     where = f"the training loss became {guard.loss} at epoch {guard.epoch}, step {guard.step} of {steps_per_epoch}"
     if checkpoint.best is None:
@@ -325,7 +335,7 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False):
     # them here on a validation batch.
     model.evaluate(*val_data[0][:2], verbose=0)
     state.set_model(model)
-    initial_epoch = state.restore() if resume else 0
+    initial_epoch = _restore(state) if resume else 0
     if verbose and initial_epoch:
         print(f"Resuming {out} after epoch {initial_epoch} of {recipe.epochs}.")
     # The dataset draws its own seeded order each epoch; Keras's shuffle would

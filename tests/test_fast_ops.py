@@ -160,8 +160,10 @@ def test_every_family_trains_and_predicts_like_keras(name, size):
 
     reference, fast = both(run)
     np.testing.assert_allclose(fast[0], reference[0], atol=1e-6)
-    np.testing.assert_allclose(fast[1], reference[1], atol=1e-4)
-    np.testing.assert_allclose(fast[2], reference[2], atol=1e-4)
+    # After three AdamW steps float32 rounding differences have grown; with one
+    # CPU thread (another oneDNN algorithm) up to 4e-4 on cxr_resnet.
+    np.testing.assert_allclose(fast[1], reference[1], atol=1e-3)
+    np.testing.assert_allclose(fast[2], reference[2], atol=1e-3)
     model = fast[3]
     eager = model(torch.from_numpy(fresh), training=False).detach().numpy()
     np.testing.assert_allclose(fast[2], eager, atol=1e-6)

@@ -118,6 +118,9 @@ def test_resume_refuses_a_changed_recipe_a_finished_run_and_a_run_without_an_epo
     (out / STATE_FILE).write_bytes(b"")  # pretend the run stopped early
     with pytest.raises(RunDirectoryError, match=r"epochs \(1 -> 2\)"):
         fit_recipe(recipe, out, verbose=0, resume=True)
+    damaged = "training_state.npz cannot be used .*start the run again with --overwrite"
+    with pytest.raises(RunDirectoryError, match=damaged):
+        fit_recipe(recipe.replace(epochs=1), out, verbose=0, resume=True)  # same recipe, damaged snapshot
     with pytest.raises(RunDirectoryError, match="unfinished run"):
         fit_recipe(recipe, out, verbose=0)
 
