@@ -15,6 +15,7 @@ import dataclasses
 import pathlib
 import re
 import runpy
+import traceback
 import typing
 
 from keras_cxr import CLASS_NAMES
@@ -249,10 +250,23 @@ def load_recipe(path):
         raise ConfigError(f"{path}: {e}") from None
     except TypeError as e:
         raise ConfigError(f"{path}: {_explain_type_error(e)}") from None
+    except SyntaxError as e:
+        raise ConfigError(f"{path} line {e.lineno}: {e.msg} (the recipe is not valid Python)") from None
+    except Exception as e:  # noqa: BLE001  - the recipe is user code; name its line, not our stack
+        raise ConfigError(f"{path}{_line_in(path, e)}: running the recipe raised {type(e).__name__}: {e}") from None
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise ConfigError(f"{path} must define `recipe = Recipe(...)`; found {type(recipe).__name__}")
     return recipe
+
+
+def _line_in(path, error):
+    """`" line N"` of the innermost frame of `error`'s traceback that is in `path`, or ""."""
+    line = ""
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if pathlib.Path(frame.f_code.co_filename).resolve() == path.resolve():
+            line = f" line {lineno}"
+    return line
 
 
 def _sections():

@@ -207,6 +207,8 @@ def test_unusual_but_valid_images_are_read(case, workspace, tmp_path):
         (["recipes/nope.py"], "recipe file not found: recipes/nope.py"),
         (["RECIPE:Recipe(epochs=3, optimiser=None)"], "unknown field 'optimiser' in Recipe; did you mean 'optimizer'?"),
         (["RECIPE:Recipe(epochs='ten')"], "Recipe.epochs: expected an integer, got 'ten'"),
+        (["RECIPE:Recipe(epochs=3"], "r.py line 2: '(' was never closed (the recipe is not valid Python)"),
+        (["RECIPE:Recipe(epochs=3)\n1 / 0"], "r.py line 3: running the recipe raised ZeroDivisionError: division by zero"),
         (["recipes/smoke.py", "--set", "model.dropout=high"], "Model.dropout: expected"),
         (["recipes/smoke.py", "--set", "optimizer.lr=1"], "unknown field 'optimizer.lr' in Optimizer"),
         (["recipes/smoke.py", "--set", "epochs"], "--set expects dotted.key=value, got 'epochs'"),
