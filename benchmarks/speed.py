@@ -118,8 +118,13 @@ def keras_steps(name, image_size, batch, fast=True, precision="float32"):
     from keras_cxr.predict import predict_probs
 
     set_precision(precision)
-    model = build_keras(name, image_size)
-    set_precision("float32")
+    if not fast:
+        fast_ops.uninstall()  # built as plain Keras would: kernels in Keras's memory order
+    try:
+        model = build_keras(name, image_size)
+    finally:
+        fast_ops.install()
+        set_precision("float32")
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=FocalLoss())
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)

@@ -21,20 +21,25 @@ parts of `__call__` that change the result:
 - `training` is passed the way `Functional.call` passes it (the outer value
   when it is not None, else the node's own argument).
 
-Layers with sublayers (keras-hub's Swin blocks, say) and nested models keep
-their `__call__` or are walked recursively, so the call context that their
-sublayers read `training` from is the one Keras set up. Symbolic inputs,
+Nested models are walked recursively. Layers with sublayers (keras-hub's
+Swin blocks, say) keep their own `__call__`, so the call context their
+sublayers read `training` from is the one Keras set up; while a keras-cxr
+model runs, those sublayers' calls take the same short path when they are
+plain layers called with tensors and no masks (`training` then comes from the
+call context, as Keras resolves it). Symbolic inputs,
 masks and extra call arguments go to Keras's own `Functional.call`. The
 outputs, gradients and variable updates are identical to Keras's (tests
 compare them for every family, in training and inference, under float32 and
 mixed_float16).
 """
 
+import threading
 import weakref
 
 import keras
 import torch
 from keras.src import backend, tree
+from keras.src.backend.common import global_state
 from keras.src.distribution import distribution_lib
 from keras.src.models.functional import Functional
 
@@ -47,6 +52,11 @@ _GRAPH, _LEAF, _LAYER = "graph", "leaf", "layer"
 _PLANS = weakref.WeakKeyDictionary()
 
 _keras_functional_call = None
+_keras_layer_call = None
+
+# Layer -> whether `_kind` calls it a plain leaf (decided once per layer).
+_LEAVES = weakref.WeakKeyDictionary()
+_running = threading.local()  # .depth > 0 while a keras-cxr graph runs in this thread
 
 
 def _kind(op):
@@ -159,19 +169,72 @@ def _functional_call(self, inputs, training=None, mask=None, **kwargs):
     if mask is None and not kwargs and _plan(self) is not None and distribution_lib.distribution() is None:
         standardized = self._standardize_inputs(inputs)
         if all(isinstance(x, torch.Tensor) for x in standardized):
-            return _run_plan(self, standardized, training)
+            _running.depth = getattr(_running, "depth", 0) + 1
+            try:
+                return _run_plan(self, standardized, training)
+            finally:
+                _running.depth -= 1
     return _keras_functional_call(self, inputs, training=training, mask=mask, **kwargs)
 
 
+def _is_leaf(layer):
+    leaf = _LEAVES.get(layer)
+    if leaf is None:
+        leaf = _LEAVES[layer] = (
+            _kind(layer) == _LEAF
+            and not layer._call_has_mask_arg
+            and (not layer.supports_masking or type(layer).compute_mask is keras.layers.Layer.compute_mask)
+        )
+    return leaf
+
+
+def _training_default(layer):
+    parameter = layer._call_signature.parameters.get("training")
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _layer_call(self, *args, **kwargs):
+    """`Layer.__call__`, shortened for plain sublayers while a keras-cxr model runs."""
+    if not (getattr(_running, "depth", 0) and args and _is_leaf(self) and self._call_context_args == {"training"}
+            and all(isinstance(a, torch.Tensor) and backend.get_keras_mask(a) is None for a in args)
+            and all(not isinstance(v, torch.Tensor) for v in kwargs.values())):
+        return _keras_layer_call(self, *args, **kwargs)
+    # `training` as `Layer.__call__` resolves it: passed, else the call
+    # context's, else the signature's default; stashed in the context for the
+    # layers called after this one; dropped where `call` does not take it.
+    context = global_state.get_global_attribute("current_call_ctx")
+    if "training" in kwargs:
+        training = kwargs["training"]
+    elif context is not None and context.get_value("training") is not None:
+        training = context.get_value("training")
+    else:
+        training = _training_default(self)
+    if context is not None:
+        context.set_value("training", training)
+    if self._call_has_training_arg:
+        kwargs = {**kwargs, "training": training}
+    else:
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+    return _call_leaf(self, args, kwargs)
+
+
 def install():
-    global _keras_functional_call
+    global _keras_functional_call, _keras_layer_call
     if _keras_functional_call is None:
         _keras_functional_call = Functional.call
         Functional.call = _functional_call
+        _keras_layer_call = keras.layers.Layer.__call__
+        keras.layers.Layer.__call__ = _layer_call
 
 
 def uninstall():
-    global _keras_functional_call
+    global _keras_functional_call, _keras_layer_call
     if _keras_functional_call is not None:
         Functional.call = _keras_functional_call
-        _keras_functional_call = None
+        keras.layers.Layer.__call__ = _keras_layer_call
+        _keras_functional_call = _keras_layer_call = None
+_keras_layer_call = None
+
+# Layer -> whether `_kind` calls it a plain leaf (decided once per layer).
+_LEAVES = weakref.WeakKeyDictionary()
+_running = threading.local()  # .depth > 0 while a keras-cxr graph runs in this thread

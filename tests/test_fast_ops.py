@@ -293,3 +293,33 @@ def test_loss_scale_optimizer_matches_keras():
     assert [s for s, _ in fast[1]][3:6] == [65536.0, 32768.0, 32768.0]  # grew after 3 finite steps, then halved
     for a, b in zip(fast[0], reference[0]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["cxr_resnet", "tiny_effv2"])
+def test_conv_kernels_in_torch_order_train_exactly_like_keras_order(name, monkeypatch):
+    """Kernels stored (out, in, kh, kw) behind Keras's shape: same losses, weights and optimizer state."""
+    def train(relayout):
+        if not relayout:
+            monkeypatch.setattr(fast_ops, "relayout_conv_kernels", lambda model: 0)
+        set_seed(0)
+        model = models.build(name, image_size=64, dropout=0.0)
+        monkeypatch.undo()
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05), loss="categorical_crossentropy")
+        rng = np.random.default_rng(2)
+        x = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+        y = np.eye(4, dtype="float32")[rng.integers(0, 4, 6)]
+        losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+        return model, losses, [v.numpy() for v in model.variables + model.optimizer.variables]
+
+    plain, relaid = train(False), train(True)
+    kernels = [layer.kernel for layer in relaid[0]._flatten_layers(recursive=True)
+               if isinstance(layer, keras.layers.Conv2D)]
+    assert kernels and all(k.value.permute(3, 2, 0, 1).is_contiguous() for k in kernels)
+    assert all(v.value.is_contiguous() for v in plain[0].trainable_variables)
+    assert relaid[1] == plain[1]
+    for a, b in zip(relaid[2], plain[2]):
+        np.testing.assert_array_equal(a, b)
+    # The optimizer's moments follow their kernel's layout (one fused pass over all four tensors).
+    optimizer = relaid[0].optimizer
+    for k in kernels:
+        assert optimizer._momentums[optimizer._get_variable_index(k)].value.stride() == k.value.stride()

@@ -177,4 +177,8 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
     images = keras.Input((image_size, image_size, 3), name="images")
     features = builder(images, name, image_size, source)
     probs = classification_head(features, num_classes, float(dropout))
-    return keras.Model(images, probs, name=name)
+    model = keras.Model(images, probs, name=name)
+    from keras_cxr import fast_ops
+
+    fast_ops.relayout_conv_kernels(model)
+    return model
