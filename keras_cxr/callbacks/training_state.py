@@ -33,9 +33,9 @@ class TrainingState(keras.callbacks.Callback):
     and augmentation are functions of the epoch and step numbers, so
     `fit(initial_epoch=state.epochs_done)` puts them back in place.
 
-    To continue: build and compile the same model, call `restore(path)`
-    before `fit`, and fit with `initial_epoch=restore(...)` (it returns the
-    number of completed epochs). Put this callback after the callbacks it
+    To continue: build and compile the same model, `set_model(model)` and
+    `restore()` before `fit`, and fit with `initial_epoch=` what `restore`
+    returns (the number of completed epochs). Put this callback after the callbacks it
     saves: at the start of training it restores their state after they have
     reset themselves, and at the end of an epoch it saves what they recorded.
 
@@ -49,7 +49,10 @@ class TrainingState(keras.callbacks.Callback):
 
     ```python
     state = TrainingState("run/training_state.npz", checkpoint=ckpt)
-    start = state.restore() if resuming else 0
+    start = 0
+    if resuming:
+        state.set_model(model)
+        start = state.restore()
     model.fit(train, epochs=45, initial_epoch=start, callbacks=[..., ckpt, state])
     ```
     """
