@@ -33,6 +33,7 @@ compare them for every family, in training and inference, under float32 and
 mixed_float16).
 """
 
+import contextlib
 import threading
 import weakref
 
@@ -40,11 +41,9 @@ import keras
 import torch
 from keras.src import backend, tree
 from keras.src.backend.common import global_state
+from keras.src.backend.torch.core import to_torch_dtype
 from keras.src.distribution import distribution_lib
 from keras.src.models.functional import Functional
-
-_TORCH_FLOATS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-                 "float64": torch.float64}
 
 _GRAPH, _LEAF, _LAYER = "graph", "leaf", "layer"
 
@@ -98,17 +97,17 @@ def _plan(model, nested=False):
 
 
 def _autocast_scope(layer):
-    """The scope `Layer.__call__` would enter for `layer`, or None to keep the current one."""
+    """The scope `Layer.__call__` would enter for `layer` (a null context to keep the current one)."""
     current = backend.get_autocast_scope()
     if current is not None:
         if not layer.autocast or not backend.is_float_dtype(layer.compute_dtype):
             return backend.AutocastScope(None)
         if current.dtype != layer.compute_dtype:
             return backend.AutocastScope(layer.compute_dtype)
-        return None
+        return contextlib.nullcontext()
     if layer.compute_dtype != layer.variable_dtype:
         return backend.AutocastScope(layer.compute_dtype)
-    return None
+    return contextlib.nullcontext()
 
 
 def _cast_input(x, dtype):
@@ -120,15 +119,11 @@ def _cast_input(x, dtype):
 
 
 def _call_leaf(layer, args, kwargs):
-    if layer._convert_input_args and layer.autocast:
-        dtype = _TORCH_FLOATS.get(layer.input_dtype)
-        if dtype is not None:
-            args = [_cast_input(a, dtype) for a in args]
-            kwargs = {k: _cast_input(v, dtype) for k, v in kwargs.items()}
-    scope = _autocast_scope(layer)
-    if scope is None:
-        return layer.call(*args, **kwargs)
-    with scope:
+    if layer._convert_input_args and layer.autocast and backend.is_float_dtype(layer.input_dtype):
+        dtype = to_torch_dtype(layer.input_dtype)
+        args = [_cast_input(a, dtype) for a in args]
+        kwargs = {k: _cast_input(v, dtype) for k, v in kwargs.items()}
+    with _autocast_scope(layer):
         return layer.call(*args, **kwargs)
 
 
@@ -145,13 +140,8 @@ def _run(model, steps, inputs, training):
                 kwargs.pop("training", None)
             outputs = _call_leaf(op, args, kwargs)
         elif kind == _GRAPH and len(args) == 1 and kwargs.get("mask") is None and set(kwargs) <= {"training", "mask"}:
-            inner = op._standardize_inputs(args[0])
-            scope = _autocast_scope(op)
-            if scope is None:
-                outputs = _run_plan(op, inner, kwargs.get("training"))
-            else:
-                with scope:
-                    outputs = _run_plan(op, inner, kwargs.get("training"))
+            with _autocast_scope(op):
+                outputs = _run_plan(op, op._standardize_inputs(args[0]), kwargs.get("training"))
         else:
             outputs = op(*args, **kwargs)
         for ref, value in zip(node.outputs, tree.flatten(outputs)):

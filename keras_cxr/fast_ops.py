@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from keras import ops
 from keras.src import backend
 from keras.src.backend.torch import nn as torch_nn
-from keras.src.backend.torch.core import convert_to_tensor
+from keras.src.backend.torch.core import convert_to_tensor, to_torch_dtype
 from keras.src.utils.argument_validation import standardize_tuple
 
 from keras_cxr import fast_graph
@@ -134,20 +134,20 @@ def _adam_update(self, grads, variables, learning_rate):
     if self.amsgrad or any(p.dtype != dtype or p.device != device or g.dtype != dtype
                            for p, g in zip(params, grads)):
         return _keras_adam_update(self, grads, variables, learning_rate)
-    orders = [_dense_order(p) for p in params]
-    if any(order is False for order in orders):
-        return _keras_adam_update(self, grads, variables, learning_rate)
-    momentums = [_slot_like(self._momentums[self._get_variable_index(v)], p) for v, p in zip(variables, params)]
-    velocities = [_slot_like(self._velocities[self._get_variable_index(v)], p) for v, p in zip(variables, params)]
-    # The fused kernel walks memory linearly: hand it each group of tensors in
-    # their parameter's memory order (conv kernels are stored (out, in, kh, kw);
-    # see `relayout_conv_kernels`), all four then being contiguous alike.
-    canonical = []
-    for order, group in zip(orders, zip(params, grads, momentums, velocities)):
+    # The fused kernel walks memory linearly: hand it each parameter with its
+    # gradient and moments in the parameter's memory order (conv kernels are
+    # stored (out, in, kh, kw); see `relayout_conv_kernels`), all contiguous alike.
+    groups = []
+    for variable, param, grad in zip(variables, params, grads):
+        order = _dense_order(param)
+        if order is False:
+            return _keras_adam_update(self, grads, variables, learning_rate)
+        index = self._get_variable_index(variable)
+        group = (param, grad, _slot_like(self._momentums[index], param), _slot_like(self._velocities[index], param))
         if order is not None:
             group = tuple(t.permute(order) for t in group)
-        canonical.append(group[:1] + (group[1].contiguous(),) + group[2:])
-    params, grads, momentums, velocities = (list(t) for t in zip(*canonical))
+        groups.append((group[0], group[1].contiguous(), group[2], group[3]))
+    params, grads, momentums, velocities = (list(t) for t in zip(*groups))
     step = float(self.iterations.value.item()) + 1.0
     # torch divides sqrt(v) by sqrt(1 - b2^t) before adding eps; Keras adds
     # eps to sqrt(v). Scaling eps by the same factor gives Keras's update.
@@ -207,7 +207,7 @@ def _fast_batch_norm_applies(layer, inputs, mask):
     )
 
 
-_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_BATCH_NORM_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def _float32(variable):
@@ -216,7 +216,7 @@ def _float32(variable):
 
 
 def _batch_norm_call(self, inputs, training=None, mask=None):
-    if not _fast_batch_norm_applies(self, inputs, mask) or self.compute_dtype not in _TORCH_DTYPES:
+    if not _fast_batch_norm_applies(self, inputs, mask) or self.compute_dtype not in _BATCH_NORM_DTYPES:
         return _keras_batch_norm_call(self, inputs, training=training, mask=mask)
     x = inputs
     # On a GPU, cuDNN normalizes float16/bfloat16 activations with float32
@@ -241,7 +241,7 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
         out = F.batch_norm(x, _float32(self.moving_mean), _float32(self.moving_variance), gamma, beta,
                            training=False, eps=self.epsilon)
     out = out.permute(0, 2, 3, 1)
-    dtype = _TORCH_DTYPES[self.compute_dtype]
+    dtype = to_torch_dtype(self.compute_dtype)
     return out if out.dtype == dtype else out.to(dtype)
 
 

@@ -349,7 +349,7 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False):
     history_frame = pd.DataFrame(state.history)  # every epoch, those before a resume included
     history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
     write_csv_atomic(history_frame, out / "history.csv")
-    plot_history({k: list(history_frame[k]) for k in history_frame.columns if k != "epoch"}, out / "curves.png")
+    plot_history(history_frame.drop(columns="epoch").to_dict("list"), out / "curves.png")
     if guard.tripped:
         raise TrainingDiverged(_divergence_message(guard, checkpoint, len(train_data), best_path))
 

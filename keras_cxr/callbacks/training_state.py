@@ -123,7 +123,7 @@ class TrainingState(keras.callbacks.Callback):
         path = str(filepath or self.filepath)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-        meta = json.loads(arrays["meta"].tobytes().decode())
+        meta = _meta(arrays)
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{path}: unknown training-state format {meta.get('format')!r}")
         model, optimizer = self.model, self.model.optimizer
@@ -134,19 +134,30 @@ class TrainingState(keras.callbacks.Callback):
         random.setstate(_from_json(meta["python_random"]))
         np.random.set_state(tuple(_from_json(meta["numpy_random"])))
         torch.set_rng_state(torch.from_numpy(arrays["torch_random"]))
-        cuda_states = [torch.from_numpy(arrays[k]) for k in sorted(arrays) if k.startswith("cuda_random_")]
+        cuda_states = [torch.from_numpy(a) for a in _numbered(arrays, "cuda_random")]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
         self.history = meta["history"]
-        self._pending = dict(meta["callbacks"], swa_sums=[arrays[f"swa_{i}"] for i in range(
-            sum(k.startswith("swa_") for k in arrays))])
+        self._pending = dict(meta["callbacks"], swa_sums=_numbered(arrays, "swa"))
         return int(meta["epochs_done"])
 
 
 def read_epochs_done(filepath):
     """How many epochs the snapshot at `filepath` completed (without loading its arrays)."""
     with np.load(str(filepath), allow_pickle=False) as data:
-        return int(json.loads(data["meta"].tobytes().decode())["epochs_done"])
+        return int(_meta(data)["epochs_done"])
+
+
+def _meta(arrays):
+    return json.loads(arrays["meta"].tobytes().decode())
+
+
+def _numbered(arrays, prefix):
+    """`arrays[f"{prefix}_0"]`, `arrays[f"{prefix}_1"]`, ... while they exist."""
+    found = []
+    while f"{prefix}_{len(found)}" in arrays:
+        found.append(arrays[f"{prefix}_{len(found)}"])
+    return found
 
 
 def _assign(path, prefix, variables, saved_paths, arrays):
