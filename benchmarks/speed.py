@@ -48,10 +48,14 @@ import keras  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 CXR4 = HERE.parent.parent / "shared" / "data" / "cxr4"
 
-# keras-cxr model name -> (timm name, extra timm kwargs) of the same architecture.
+# keras-cxr model name -> (timm name, extra timm kwargs) of the same network,
+# trained the same way: keras-cxr's models keep their libraries' stochastic
+# depth (keras.applications EfficientNetV2: drop-connect 0.2; keras-hub Swin:
+# drop path 0.1, both rising linearly over the blocks as timm's does), which
+# timm leaves off unless asked.
 NETWORKS = {
-    "effv2_s": ("tf_efficientnetv2_s", {}),
-    "swin_t": ("swin_tiny_patch4_window7_224", {}),
+    "effv2_s": ("tf_efficientnetv2_s", {"drop_path_rate": 0.2}),
+    "swin_t": ("swin_tiny_patch4_window7_224", {"drop_path_rate": 0.1}),
 }
 
 
@@ -298,13 +302,15 @@ def main(argv=None):
         "# Speed: keras-cxr vs PyTorch + timm",
         "",
         f"Measured {datetime.date.today()}: `benchmarks/speed.py {' '.join(sys.argv[1:])}` "
-        "(on the CPU machine through `bash benchmarks/run`).",
+        + ("(on the CPU machine through `bash benchmarks/run`)." if args.device == "cpu"
+           else "(on a lent GPU machine, with its own torch and timm)."),
         "",
         f"Machine: {machine()}.",
         "",
         f"Setting: {setting}. Batch {args.batch}, random weights; each number is the best of {args.rounds} "
         f"alternating rounds of the median of {args.steps} steps after {args.warmup} warm-up steps. "
-        "Ratio = reference time / keras-cxr time (above 1: keras-cxr is faster).",
+        "Ratio = reference time / keras-cxr time (above 1: keras-cxr is faster). timm trains with the "
+        "stochastic depth keras-cxr's models have (EfficientNetV2-S: drop path 0.2, Swin-T: 0.1).",
         "",
         "\"plain Keras\" is the same keras-cxr model with Keras's own kernels (`KERAS_CXR_FAST_OPS=0`: no "
         "`keras_cxr.fast_ops`, no traced inference).",
@@ -325,7 +331,10 @@ def main(argv=None):
             f"{reference:.0f} images/s, ratio {ours / reference:.2f}.",
         ]
     lines.append("")
-    pathlib.Path(args.out).write_text("\n".join(lines))
+    out = pathlib.Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text("\n".join(lines))
+    os.replace(partial, out)  # an interrupted run leaves the last results whole
     print(f"wrote {args.out}")
 
 

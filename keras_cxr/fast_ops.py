@@ -45,7 +45,8 @@ traced once and checked against the eager forward before it is trusted.
 `install()` replaces `keras.src.backend.torch.nn.conv`,
 `keras.layers.Dense.call`, `keras.layers.BatchNormalization.call`, the
 torch backend's Adam/AdamW update and `LossScaleOptimizer`'s apply step for
-the whole process, and installs `keras_cxr.fast_graph` (it is called when
+the whole process, and installs `keras_cxr.fast_graph` and (once keras_hub
+is imported; see `prepare`) `keras_cxr.fast_swin` (it is called when
 `keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
 goes to Keras's own code. Results match Keras's to float32 rounding (tests
@@ -67,7 +68,7 @@ from keras.src.backend.torch import nn as torch_nn
 from keras.src.backend.torch.core import convert_to_tensor, to_torch_dtype
 from keras.src.utils.argument_validation import standardize_tuple
 
-from keras_cxr import fast_graph
+from keras_cxr import fast_graph, fast_swin
 
 _installed = False
 
@@ -158,6 +159,20 @@ def _adam_update(self, grads, variables, learning_rate):
         lr=float(learning_rate), beta1=float(self.beta_1), beta2=float(self.beta_2),
         weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
     )
+
+
+def prepare(model):
+    """Ready a freshly built or loaded keras-cxr model for the fast path.
+
+    Stores its convolution kernels in torch's memory order
+    (`relayout_conv_kernels`) and, once keras_hub is imported, installs
+    `keras_cxr.fast_swin`. `keras_cxr.models.build` and the predictor's
+    model loading call it; outputs are unchanged. A no-op when the fast ops
+    are disabled.
+    """
+    if _installed:
+        fast_swin.install()
+    relayout_conv_kernels(model)
 
 
 def relayout_conv_kernels(model):
@@ -350,6 +365,7 @@ def install():
     torch_nn.conv = _conv  # depthwise_conv and separable_conv call it too
     keras.layers.BatchNormalization.call = _batch_norm_call
     fast_graph.install()
+    fast_swin.install()
     _installed = True
 
 
@@ -368,6 +384,7 @@ def uninstall():
 
     LossScaleOptimizer._common_apply = _keras_loss_scale_apply
     fast_graph.uninstall()
+    fast_swin.uninstall()
     _installed = False
 
 

@@ -72,7 +72,7 @@ def load_model_file(path):
         raise ModelFileError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
     from keras_cxr import fast_ops
 
-    fast_ops.relayout_conv_kernels(model)  # faster CPU inference; same outputs
+    fast_ops.prepare(model)  # faster inference; same outputs
     return model
 
 

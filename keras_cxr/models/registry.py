@@ -180,5 +180,5 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
     model = keras.Model(images, probs, name=name)
     from keras_cxr import fast_ops
 
-    fast_ops.relayout_conv_kernels(model)
+    fast_ops.prepare(model)
     return model

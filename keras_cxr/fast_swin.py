@@ -1,0 +1,170 @@
+"""keras-hub's Swin Transformer layers without the per-op Keras overhead.
+
+keras-hub's `SwinTransformerBlock`, `WindowAttention`, `Mlp` and
+`PatchMerging` are composite layers whose `call` runs `keras.ops`: each op
+converts and type-checks its arguments and asks whether any is symbolic
+(a pytree walk) before the torch kernel runs, and every shifted-window
+block rebuilds its constant attention mask (about 30 ops) and every
+attention layer its relative-position index on every call. Profiled on
+Swin-T (CPU, batch 8), that was 16% of a 128 px forward pass and 9% of a
+224 px training step.
+
+`install()` replaces those four `call` methods with versions that run the
+same torch kernels in the same order: shape-only ops (reshape, permute,
+roll, slicing) as torch methods, dtype-sensitive ones (`matmul`,
+`softmax`, `gelu`) through the same Keras torch-backend functions
+`keras.ops` ends in, and the shift mask, the int64 position index and the
+0-d attention scale cached per layer (their values never change). Sublayers
+are still called as layers. Outputs, gradients and variable updates are
+bit-identical to keras-hub's (tests compare them in training, with drop
+path, under float32 and mixed_float16). Inputs these versions do not cover
+(padding to a window multiple, odd patch-merging sizes, `return_attns`,
+another activation) go to keras-hub's own code.
+
+It is installed by `keras_cxr.fast_ops` once keras_hub is imported (keras-cxr
+imports keras_hub only to build or load a keras-hub backbone).
+"""
+
+import sys
+import weakref
+
+import keras
+import torch
+from keras.src.backend.torch import nn as torch_nn
+from keras.src.backend.torch import numpy as torch_numpy
+from keras.src.backend.torch.core import convert_to_tensor
+
+MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
+
+_keras_hub_calls = {}  # class name -> keras-hub's own call, while installed
+
+# layer -> {key: tensor}: constants a layer derives from its configuration.
+_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def _constant(layer, key, make):
+    per_layer = _CONSTANTS.setdefault(layer, {})
+    if key not in per_layer:
+        per_layer[key] = make()
+    return per_layer[key]
+
+
+def _partition(x, window):
+    """(B, H, W, C) -> (B * windows, window, window, C), as keras-hub's `window_partition`."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c)
+
+
+def _reverse(windows, window, h, w, c):
+    """The inverse of `_partition`, as keras-hub's `window_reverse`."""
+    b = windows.shape[0] // ((h // window) * (w // window))
+    x = windows.reshape(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def _shift_mask(block, device):
+    """The shifted-window attention mask keras-hub's block builds on every call (0 or -100)."""
+    h, w = block.input_resolution
+    window, shift = block.window_size, block.shift_size
+    regions = torch.zeros((1, h, w, 1), dtype=torch.int32, device=device)
+    spans_h = ((0, h - window), (h - window, h - shift), (h - shift, h))
+    spans_w = ((0, w - window), (w - window, w - shift), (w - shift, w))
+    for i, (h0, h1) in enumerate(spans_h):
+        for j, (w0, w1) in enumerate(spans_w):
+            regions[:, h0:h1, w0:w1, :] = 3 * i + j
+    windows = _partition(regions, window).reshape(-1, window * window)
+    return (windows.unsqueeze(1) != windows.unsqueeze(2)).to(torch.float32) * -100.0
+
+
+def _block_call(self, x):
+    h, w = self.input_resolution
+    window, shift = self.window_size, self.shift_size
+    if not isinstance(x, torch.Tensor) or h % window or w % window:
+        return _keras_hub_calls["SwinTransformerBlock"](self, x)
+    b, _, c = x.shape
+    shortcut = x
+    x = self.norm1(x).reshape(b, h, w, c)
+    mask = None
+    if shift > 0:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        mask = _constant(self, ("mask", x.device), lambda: _shift_mask(self, x.device))
+    windows = self.attn(_partition(x, window).reshape(-1, window * window, c), mask=mask)
+    x = _reverse(windows.reshape(-1, window, window, c), window, h, w, c)
+    if shift > 0:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    x = shortcut + self.drop_path(x.reshape(b, h * w, c))
+    return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _attention_call(self, x, mask=None, return_attns=False):
+    if return_attns or not isinstance(x, torch.Tensor):
+        return _keras_hub_calls["WindowAttention"](self, x, mask=mask, return_attns=return_attns)
+    b, n, c = x.shape
+    qkv = self.qkv(x)
+    q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    # keras-hub multiplies by the scale cast to the activations' dtype (a 0-d tensor).
+    scale = _constant(self, ("scale", qkv.dtype, qkv.device),
+                      lambda: torch.as_tensor(self.scale, dtype=qkv.dtype, device=qkv.device))
+    attn = torch_numpy.matmul(q * scale, k.permute(0, 1, 3, 2))
+    index = _constant(self, ("index", x.device),
+                      lambda: convert_to_tensor(self.relative_position_index).long().to(x.device))
+    table = convert_to_tensor(self.relative_position_bias_table)
+    attn = attn + torch.nn.functional.embedding(index, table).permute(2, 0, 1)
+    if mask is not None:
+        windows = mask.shape[0]
+        attn = attn.reshape(b // windows, windows, self.num_heads, n, n) + mask.unsqueeze(1)[None, ...]
+        attn = attn.reshape(-1, self.num_heads, n, n)
+    attn = self.attention_dropout_layer(torch_nn.softmax(attn, -1))
+    x = torch_numpy.matmul(attn, v).permute(0, 2, 1, 3).reshape(b, n, c)
+    return self.proj_drop(self.proj(x))
+
+
+def _mlp_call(self, x):
+    if self.act_layer is not keras.activations.gelu or not isinstance(x, torch.Tensor):
+        return _keras_hub_calls["Mlp"](self, x)
+    x = torch_nn.gelu(self.fc1(x), approximate=False)
+    if self.dropout is not None:
+        x = self.dropout(x)
+    x = self.fc2(x)
+    return x if self.dropout is None else self.dropout(x)
+
+
+def _merging_call(self, x, H, W):  # noqa: N803  (keras-hub's argument names)
+    if H % 2 or W % 2 or not isinstance(x, torch.Tensor):
+        return _keras_hub_calls["PatchMerging"](self, x, H, W)
+    b, _, c = x.shape
+    x = x.reshape(b, H, W, c)  # even sides: keras-hub's zero-width padding is a plain copy
+    x = torch.cat([x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :], x[:, 1::2, 1::2, :]], dim=-1)
+    return self.reduction(self.norm(x)).reshape(b, -1, 2 * c)
+
+
+_FAST_CALLS = {
+    "SwinTransformerBlock": _block_call,
+    "WindowAttention": _attention_call,
+    "Mlp": _mlp_call,
+    "PatchMerging": _merging_call,
+}
+
+
+def install():
+    """Patch keras-hub's Swin layers, if keras_hub's Swin module is imported (else a no-op)."""
+    layers = sys.modules.get(MODULE)
+    if layers is None or _keras_hub_calls:
+        return
+    for name, call in _FAST_CALLS.items():
+        cls = getattr(layers, name)
+        _keras_hub_calls[name] = cls.call
+        cls.call = call
+
+
+def uninstall():
+    """Restore keras-hub's own `call` methods."""
+    layers = sys.modules.get(MODULE)
+    for name, call in list(_keras_hub_calls.items()):
+        getattr(layers, name).call = call
+        del _keras_hub_calls[name]
+
+
+def installed():
+    return bool(_keras_hub_calls)
