@@ -34,13 +34,14 @@ mixed_float16).
 """
 
 import contextlib
+import sys
 import threading
 import weakref
 
 import keras
 import torch
 from keras.src import backend, tree
-from keras.src.backend.common import global_state
+from keras.src.backend.common import global_state, keras_tensor
 from keras.src.backend.torch.core import to_torch_dtype
 from keras.src.distribution import distribution_lib
 from keras.src.models.functional import Functional
@@ -74,12 +75,38 @@ def _kind(op):
     return _LEAF if plain else _LAYER
 
 
+def _argument_filler(node):
+    """A cheaper `node.arguments.fill_in` for the usual argument shapes, or None.
+
+    Keras's `fill_in` maps a pytree over the arguments of every node that is
+    not called with a single tensor (batch norm's recorded `mask=None`,
+    dropout's `training`, the lists of `Add`); here each argument is, once,
+    a tensor reference, a list or tuple of tensor references, or a constant.
+    """
+    def spec(x):
+        if isinstance(x, keras.KerasTensor):
+            return lambda values: values.get(id(x))
+        if isinstance(x, (list, tuple)) and x and all(isinstance(i, keras.KerasTensor) for i in x):
+            kind, ids = type(x), [id(i) for i in x]
+            return lambda values: kind(values.get(i) for i in ids)
+        if tree.is_nested(x):
+            raise ValueError("nested")
+        return lambda values: x
+
+    try:
+        args = [spec(a) for a in node.arguments.args]
+        kwargs = {k: spec(v) for k, v in node.arguments.kwargs.items()}
+    except ValueError:
+        return None
+    return lambda values: ([a(values) for a in args], {k: v(values) for k, v in kwargs.items()})
+
+
 def _build_plan(model):
     steps = []
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             if node.operation and not node.is_input:
-                steps.append((node, node.operation, _kind(node.operation)))
+                steps.append((node, node.operation, _kind(node.operation), _argument_filler(node)))
     return steps
 
 
@@ -129,10 +156,10 @@ def _call_leaf(layer, args, kwargs):
 
 def _run(model, steps, inputs, training):
     values = {id(ref): value for ref, value in zip(model.inputs, inputs)}
-    for node, op, kind in steps:
+    for node, op, kind, filler in steps:
         if any(id(x) not in values for x in node.input_tensors):
             continue  # not computable from these inputs (as Keras skips it)
-        args, kwargs = node.arguments.fill_in(values)
+        args, kwargs = node.arguments.fill_in(values) if filler is None else filler(values)
         if training is not None and "training" in getattr(op, "_call_context_args", ()):
             kwargs = {**kwargs, "training": training}
         if kind == _LEAF:
@@ -144,7 +171,7 @@ def _run(model, steps, inputs, training):
                 outputs = _run_plan(op, op._standardize_inputs(args[0]), kwargs.get("training"))
         else:
             outputs = op(*args, **kwargs)
-        for ref, value in zip(node.outputs, tree.flatten(outputs)):
+        for ref, value in zip(node.outputs, (outputs,) if isinstance(outputs, torch.Tensor) else tree.flatten(outputs)):
             values[id(ref)] = value
     outputs = [values[id(ref)] for ref in model.outputs]
     return tree.pack_sequence_as(model._outputs_struct, outputs)
@@ -208,6 +235,37 @@ def _layer_call(self, *args, **kwargs):
     return _call_leaf(self, args, kwargs)
 
 
+_keras_any_symbolic_tensors = keras_tensor.any_symbolic_tensors
+# Argument types that are never symbolic and never nested.
+_EAGER_LEAVES = frozenset({torch.Tensor, torch.nn.Parameter, backend.Variable, int, float, bool, str, type(None)})
+
+
+def _eager(x):
+    """Whether `x` is a leaf of those types, or a flat list or tuple of them (a shape, say)."""
+    kind = type(x)
+    return kind in _EAGER_LEAVES or (kind in (tuple, list) and all(type(i) in _EAGER_LEAVES for i in x))
+
+
+def _any_symbolic_tensors(args=None, kwargs=None):
+    """Keras's `any_symbolic_tensors` without its pytree walk over plain tensors and numbers.
+
+    Every `keras.ops` call asks it first; Keras flattens each argument with
+    pytree, about 10 us per op, 700 times in a Swin-T forward pass.
+    """
+    for items in (args or (), kwargs.values() if kwargs else ()):
+        for x in items:
+            if not _eager(x) and _keras_any_symbolic_tensors((x,)):
+                return True
+    return False
+
+
+def _rebind_any_symbolic_tensors(new, old):
+    """Point every Keras module that imported `old` by name at `new`."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("keras.src") and getattr(module, "any_symbolic_tensors", None) is old:
+            module.any_symbolic_tensors = new
+
+
 def install():
     global _keras_functional_call, _keras_layer_call
     if _keras_functional_call is None:
@@ -215,6 +273,7 @@ def install():
         Functional.call = _functional_call
         _keras_layer_call = keras.layers.Layer.__call__
         keras.layers.Layer.__call__ = _layer_call
+        _rebind_any_symbolic_tensors(_any_symbolic_tensors, _keras_any_symbolic_tensors)
 
 
 def uninstall():
@@ -223,6 +282,7 @@ def uninstall():
         Functional.call = _keras_functional_call
         keras.layers.Layer.__call__ = _keras_layer_call
         _keras_functional_call = _keras_layer_call = None
+        _rebind_any_symbolic_tensors(_keras_any_symbolic_tensors, _any_symbolic_tensors)
 _keras_layer_call = None
 
 # Layer -> whether `_kind` calls it a plain leaf (decided once per layer).

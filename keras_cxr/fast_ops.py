@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from keras import ops
 from keras.src import backend
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.torch import nn as torch_nn
 from keras.src.backend.torch.core import convert_to_tensor, to_torch_dtype
 from keras.src.utils.argument_validation import standardize_tuple
@@ -129,26 +130,49 @@ def _slot_like(slot, param):
     return value
 
 
+# optimizer -> (tensors the plan was built from, plan): what `_adam_update` hands the fused kernel.
+_ADAM_PLANS = weakref.WeakKeyDictionary()
+
+
+def _adam_plan(self, variables, params):
+    """(memory orders, momentums, velocities) laid out like each parameter, or None (Keras's path).
+
+    Built once per optimizer and reused while the same tensors back the
+    variables and their slots (a load that replaces a tensor rebuilds it).
+    """
+    slots = [(self._momentums[i], self._velocities[i]) for i in map(self._get_variable_index, variables)]
+    current = params + [slot._value for pair in slots for slot in pair]
+    cached = _ADAM_PLANS.get(self)
+    if cached is not None and len(cached[0]) == len(current) and all(a is b for a, b in zip(cached[0], current)):
+        return cached[1]
+    # The fused kernel walks memory linearly: hand it each parameter with its
+    # gradient and moments in the parameter's memory order (conv kernels are
+    # stored (out, in, kh, kw); see `relayout_conv_kernels`), all contiguous alike.
+    orders = [_dense_order(p) for p in params]
+    if any(order is False for order in orders):
+        plan = None
+    else:  # the views are made per step: a view kept across steps would outlive in-place updates of its base
+        plan = (orders, [_slot_like(m, p) for p, (m, _) in zip(params, slots)],
+                [_slot_like(v, p) for p, (_, v) in zip(params, slots)])
+    current = params + [slot._value for pair in slots for slot in pair]  # _slot_like may relay a slot
+    _ADAM_PLANS[self] = (current, plan)
+    return plan
+
+
 def _adam_update(self, grads, variables, learning_rate):
     params = [v.value for v in variables]
     dtype, device = params[0].dtype, params[0].device
     if self.amsgrad or any(p.dtype != dtype or p.device != device or g.dtype != dtype
                            for p, g in zip(params, grads)):
         return _keras_adam_update(self, grads, variables, learning_rate)
-    # The fused kernel walks memory linearly: hand it each parameter with its
-    # gradient and moments in the parameter's memory order (conv kernels are
-    # stored (out, in, kh, kw); see `relayout_conv_kernels`), all contiguous alike.
-    groups = []
-    for variable, param, grad in zip(variables, params, grads):
-        order = _dense_order(param)
-        if order is False:
-            return _keras_adam_update(self, grads, variables, learning_rate)
-        index = self._get_variable_index(variable)
-        group = (param, grad, _slot_like(self._momentums[index], param), _slot_like(self._velocities[index], param))
-        if order is not None:
-            group = tuple(t.permute(order) for t in group)
-        groups.append((group[0], group[1].contiguous(), group[2], group[3]))
-    params, grads, momentums, velocities = (list(t) for t in zip(*groups))
+    plan = _adam_plan(self, list(variables), params)
+    if plan is None:
+        return _keras_adam_update(self, grads, variables, learning_rate)
+    orders, momentums, velocities = plan
+    params, grads, momentums, velocities = (
+        [t if order is None else t.permute(order) for t, order in zip(tensors, orders)]
+        for tensors in (params, grads, momentums, velocities))
+    grads = [g.contiguous() for g in grads]
     step = float(self.iterations.value.item()) + 1.0
     # torch divides sqrt(v) by sqrt(1 - b2^t) before adding eps; Keras adds
     # eps to sqrt(v). Scaling eps by the same factor gives Keras's update.
@@ -250,8 +274,12 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
             # Keras's update: biased batch variance, `momentum` weighting the old value.
             variance = invstd.pow(-2) - self.epsilon
             momentum = self.momentum
-            self.moving_mean.assign(_float32(self.moving_mean) * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(_float32(self.moving_variance) * momentum + variance * (1.0 - momentum))
+            for variable, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                value = variable.value
+                if value.dtype == torch.float32 and not in_stateless_scope():
+                    value.mul_(momentum).add_(batch * (1.0 - momentum))  # `assign`'s arithmetic, in place
+                else:
+                    variable.assign(_float32(variable) * momentum + batch * (1.0 - momentum))
     else:
         out = F.batch_norm(x, _float32(self.moving_mean), _float32(self.moving_variance), gamma, beta,
                            training=False, eps=self.epsilon)

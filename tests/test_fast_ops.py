@@ -217,6 +217,17 @@ def test_adam_updates_match_keras(optimizer):
     assert not np.allclose(fast[0], np.random.default_rng(0).normal(size=(5, 7)))  # the weights moved
 
 
+
+def test_adam_plan_follows_tensors_replaced_under_a_variable():
+    """The cached fused-Adam plan is rebuilt when a load or relayout swaps a variable's tensor."""
+    variable = keras.Variable(np.ones((3, 4), "float32"))
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.apply([torch.ones(3, 4)], [variable])
+    np.testing.assert_allclose(variable.numpy(), 0.9, rtol=1e-6)
+    variable._value = torch.nn.Parameter(torch.full((3, 4), 5.0))  # what `relayout_conv_kernels` does
+    optimizer.apply([torch.ones(3, 4)], [variable])
+    assert (variable.numpy() < 5.0).all()  # the step reached the new tensor, not the old one
+
 FAMILIES = [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64), ("tiny_dinov2", 56),
             ("tiny_convnext", 64), ("cxr_resnet", 64)]
 
@@ -323,3 +334,18 @@ def test_conv_kernels_in_torch_order_train_exactly_like_keras_order(name, monkey
     optimizer = relaid[0].optimizer
     for k in kernels:
         assert optimizer._momentums[optimizer._get_variable_index(k)].value.stride() == k.value.stride()
+
+
+def test_symbolic_check_agrees_with_keras():
+    from keras.src.ops import numpy as ops_numpy
+
+    assert ops_numpy.any_symbolic_tensors is fast_graph._any_symbolic_tensors
+    symbolic = keras.KerasTensor((2, 3))
+    tensor = torch.ones(2)
+    cases = [((tensor, 3, None), None), ((tensor, symbolic), None), (([tensor, [symbolic]],), None),
+             ((tensor,), {"axis": 1}), ((tensor,), {"other": symbolic}), (({"a": (1, symbolic)},), None),
+             ((np.ones(2), torch.nn.Parameter(tensor)), None), (None, None), ((), {"x": [tensor, 2.0]}),
+             ((keras.Variable(np.ones(2)), (1, -1)), None), (((1, symbolic),), None), (([2, (symbolic,)],), None)]
+    answers = [fast_graph._any_symbolic_tensors(args, kwargs) for args, kwargs in cases]
+    assert answers == [fast_graph._keras_any_symbolic_tensors(args, kwargs) for args, kwargs in cases]
+    assert answers == [False, True, True, False, True, True, False, False, False, False, True, True]
