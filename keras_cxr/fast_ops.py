@@ -45,7 +45,7 @@ traced once and checked against the eager forward before it is trusted.
 `install()` replaces `keras.src.backend.torch.nn.conv`,
 `keras.layers.Dense.call`, `keras.layers.BatchNormalization.call`, the
 torch backend's Adam/AdamW update and `LossScaleOptimizer`'s apply step for
-the whole process, and installs `keras_cxr.fast_graph` and (once keras_hub
+the whole process, and installs `keras_cxr.fast_graph`, `keras_cxr.fast_random` and (once keras_hub
 is imported; see `prepare`) `keras_cxr.fast_swin` (it is called when
 `keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
@@ -69,7 +69,7 @@ from keras.src.backend.torch import nn as torch_nn
 from keras.src.backend.torch.core import convert_to_tensor, to_torch_dtype
 from keras.src.utils.argument_validation import standardize_tuple
 
-from keras_cxr import fast_graph, fast_swin
+from keras_cxr import fast_graph, fast_random, fast_swin
 
 _installed = False
 
@@ -393,6 +393,7 @@ def install():
     torch_nn.conv = _conv  # depthwise_conv and separable_conv call it too
     keras.layers.BatchNormalization.call = _batch_norm_call
     fast_graph.install()
+    fast_random.install()
     fast_swin.install()
     _installed = True
 
@@ -412,6 +413,7 @@ def uninstall():
 
     LossScaleOptimizer._common_apply = _keras_loss_scale_apply
     fast_graph.uninstall()
+    fast_random.uninstall()
     fast_swin.uninstall()
     _installed = False
 
