@@ -139,7 +139,21 @@ def _merging_call(self, x, H, W):  # noqa: N803  (keras-hub's argument names)
     return self.reduction(self.norm(x)).reshape(b, -1, 2 * c)
 
 
+def _drop_path_call(self, x, training=None):
+    if (not training or self.drop_prob == 0.0 or not isinstance(x, torch.Tensor)
+            or x.device.type != "cpu" or x.dtype != torch.float32):
+        return _keras_hub_calls["DropPath"](self, x, training=training)
+    keep_prob = 1.0 - self.drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    kept = torch.floor(keep_prob + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator)) > 0
+    # keras-hub's `x / keep_prob * mask` as one full-size op, forward and backward: dividing by
+    # keep_prob where kept and by inf where dropped gives the same bits (signed zeros, NaNs) on
+    # the CPU in float32, where dividing by a float scalar or a float32 tensor agrees exactly.
+    return x / torch.where(kept, keep_prob, torch.inf)
+
+
 _FAST_CALLS = {
+    "DropPath": _drop_path_call,
     "SwinTransformerBlock": _block_call,
     "WindowAttention": _attention_call,
     "Mlp": _mlp_call,

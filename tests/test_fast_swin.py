@@ -97,3 +97,29 @@ def test_installed_once_a_swin_model_is_built():
         assert layers.SwinTransformerBlock.call is not fast_swin._block_call
     finally:
         fast_swin.install()
+
+
+def test_drop_path_scales_and_masks_like_keras_hub_to_the_bit():
+    layer = swin_layers().DropPath(0.5, seed=3)
+    assert type(layer).call is fast_swin._drop_path_call
+    x0 = np.random.default_rng(1).normal(size=(64, 5, 4)).astype("float32")
+    x0[0, 0, :2] = [np.inf, np.nan]
+
+    def run():
+        layer.seed_generator.state.assign(np.array([3, 0], dtype=layer.seed_generator.state.dtype))
+        x = torch.tensor(x0, requires_grad=True)
+        y = layer(x, training=True)
+        y.backward(torch.from_numpy(np.random.default_rng(2).normal(size=x0.shape).astype("float32")))
+        return y.detach().numpy(), x.grad.numpy()
+
+    fast = run()
+    fast_swin.uninstall()
+    try:
+        reference = run()
+    finally:
+        fast_swin.install()
+    dropped = (fast[0] == 0).all(axis=(1, 2))
+    assert 10 < dropped.sum() < 54  # about half the samples dropped
+    for a, b in zip(fast, reference):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))  # signed zeros too
