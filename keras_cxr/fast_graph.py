@@ -31,6 +31,11 @@ masks and extra call arguments go to Keras's own `Functional.call`. The
 outputs, gradients and variable updates are identical to Keras's (tests
 compare them for every family, in training and inference, under float32 and
 mixed_float16).
+
+`install()` also points Keras's modules at a cheaper `any_symbolic_tensors`
+(the "is any argument symbolic?" check every `keras.ops` call makes first):
+plain tensors, variables, numbers and flat shapes are answered without
+Keras's pytree walk; everything else goes to Keras's own check.
 """
 
 import contextlib

@@ -15,11 +15,14 @@ roll, slicing) as torch methods, dtype-sensitive ones (`matmul`,
 `softmax`, `gelu`) through the same Keras torch-backend functions
 `keras.ops` ends in, and the shift mask, the int64 position index and the
 0-d attention scale cached per layer (their values never change). Sublayers
-are still called as layers. Outputs, gradients and variable updates are
-bit-identical to keras-hub's (tests compare them in training, with drop
-path, under float32 and mixed_float16). Inputs these versions do not cover
-(padding to a window multiple, odd patch-merging sizes, `return_attns`,
-another activation) go to keras-hub's own code.
+are still called as layers. `DropPath` (stochastic depth) draws the same
+random numbers and, on the CPU in float32, scales and masks in one division
+where keras-hub runs a division and a multiplication. Outputs, gradients
+and variable updates are bit-identical to keras-hub's (tests compare them
+in training, with drop path, under float32 and mixed_float16). Inputs
+these versions do not cover (padding to a window multiple, odd
+patch-merging sizes, `return_attns`, another activation) go to keras-hub's
+own code.
 
 It is installed by `keras_cxr.fast_ops` once keras_hub is imported (keras-cxr
 imports keras_hub only to build or load a keras-hub backbone).
