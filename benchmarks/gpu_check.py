@@ -1,16 +1,19 @@
 """On a CUDA GPU under mixed_float16: keras-cxr's fast path against Keras's own.
 
-Checks what the CPU tests cannot: cuDNN batch normalization on float16
+Checks what the CPU tests cannot: seeded random draws and the fused AdamW
+step on CUDA tensors, cuDNN batch normalization on float16
 activations (`keras_cxr.fast_ops`), for one layer (outputs, input
 gradients, moving statistics, inference) and for EfficientNetV2-S trained a
 few steps both ways. Run it on a GPU machine:
 
     KERAS_BACKEND=torch python benchmarks/gpu_check.py
 
-Expected: the layer's moving statistics agree to float32 rounding (rel
-< 1e-5), its outputs and gradients to float16 rounding (rel < 2e-3); the
-model's losses and probabilities stay close (their trajectories drift apart
-by float16 rounding).
+Expected: seeded random draws equal Keras's exactly (`keras_cxr.fast_random`);
+the fused AdamW steps agree with Keras's to float32 rounding; the layer's
+moving statistics agree to float32 rounding (rel < 1e-5), its outputs and
+gradients to float16 rounding (rel < 2e-3); the model's losses and
+probabilities stay close (their trajectories drift apart by float16
+rounding).
 """
 
 import os
@@ -84,7 +87,41 @@ def efficientnet(steps=5):
     print(f"EfficientNetV2-S probabilities after {steps} steps: max |diff| {np.abs(keras_probs - fast_probs).max():.2e}")
 
 
+def random_draws():
+    """Seeded draws with `keras_cxr.fast_random` (host copy of the seed state) vs Keras's: must be equal."""
+    def run():
+        generator = keras.random.SeedGenerator(5)
+        x = torch.ones(8, 4, 4, 3, device=DEVICE)
+        out = [keras.random.uniform((3,), seed=generator),
+               keras.random.dropout(x, 0.5, noise_shape=(8, 1, 1, 1), seed=generator)]
+        generator.state.assign(np.array([11, 40], dtype=generator.state.dtype))  # an outside write
+        out += [keras.random.normal((4,), seed=generator) for _ in range(3)]
+        return [keras.ops.convert_to_numpy(t) for t in out] + [keras.ops.convert_to_numpy(generator.state.value)]
+
+    fast, reference = with_kernels(True, run), with_kernels(False, run)
+    same = all(np.array_equal(a, b) for a, b in zip(fast, reference))
+    print(f"Seeded random draws equal to Keras's: {same}")
+
+
+def adam_steps():
+    """Fused Adam with the cached plan vs Keras's Adam, 10 steps on the GPU."""
+    def run():
+        rng = np.random.default_rng(0)
+        variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in [(64, 32), (32,), (3, 3, 8, 16)]]
+        optimizer = keras.optimizers.AdamW(1e-2, weight_decay=0.05)
+        for _ in range(10):
+            grads = [torch.tensor(rng.normal(size=v.shape).astype("float32"), device=DEVICE) for v in variables]
+            optimizer.apply(grads, variables)
+        return [v.numpy() for v in variables]
+
+    fast, reference = with_kernels(True, run), with_kernels(False, run)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(fast, reference))
+    print(f"AdamW after 10 steps: max |fast - Keras| = {diff:.2e}")
+
+
 if __name__ == "__main__":
     print("device:", torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (float16 batch norm runs in float32)")
+    random_draws()
+    adam_steps()
     batch_norm_layer()
     efficientnet()
