@@ -63,6 +63,14 @@ _keras_layer_call = None
 _LEAVES = weakref.WeakKeyDictionary()
 _running = threading.local()  # .depth > 0 while a keras-cxr graph runs in this thread
 
+# Called, in this thread, when the outermost keras-cxr model call returns or raises.
+end_of_run_callbacks = []
+
+
+def running():
+    """Whether a keras-cxr model's graph is being run in this thread."""
+    return bool(getattr(_running, "depth", 0))
+
 
 def _kind(op):
     if isinstance(op, Functional):
@@ -196,6 +204,9 @@ def _functional_call(self, inputs, training=None, mask=None, **kwargs):
                 return _run_plan(self, standardized, training)
             finally:
                 _running.depth -= 1
+                if not _running.depth:
+                    for callback in end_of_run_callbacks:
+                        callback()
     return _keras_functional_call(self, inputs, training=training, mask=mask, **kwargs)
 
 
@@ -288,8 +299,3 @@ def uninstall():
         keras.layers.Layer.__call__ = _keras_layer_call
         _keras_functional_call = _keras_layer_call = None
         _rebind_any_symbolic_tensors(_keras_any_symbolic_tensors, _any_symbolic_tensors)
-_keras_layer_call = None
-
-# Layer -> whether `_kind` calls it a plain leaf (decided once per layer).
-_LEAVES = weakref.WeakKeyDictionary()
-_running = threading.local()  # .depth > 0 while a keras-cxr graph runs in this thread

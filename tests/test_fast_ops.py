@@ -349,3 +349,28 @@ def test_symbolic_check_agrees_with_keras():
     answers = [fast_graph._any_symbolic_tensors(args, kwargs) for args, kwargs in cases]
     assert answers == [fast_graph._keras_any_symbolic_tensors(args, kwargs) for args, kwargs in cases]
     assert answers == [False, True, True, False, True, True, False, False, False, False, True, True]
+
+
+def test_moving_statistics_updates_are_batched_per_model_call(monkeypatch):
+    """All batch norms' moving-statistics updates of one training call land as multi-tensor ops at its end."""
+    model = models.build("tiny_effv2", image_size=64, dropout=0.0)
+    norms = [layer for layer in model._flatten_layers(recursive=True)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    calls = []
+    foreach_mul_ = torch._foreach_mul_
+    monkeypatch.setattr(torch, "_foreach_mul_", lambda tensors, scalar: (calls.append(len(tensors)),
+                                                                          foreach_mul_(tensors, scalar)))
+    before = norms[0].moving_mean.numpy().copy()
+    model(torch.zeros(2, 64, 64, 3, dtype=torch.uint8) + 100, training=True)
+    assert calls == [2 * len(norms)]  # one pass over every moving mean and variance
+    assert not np.array_equal(norms[0].moving_mean.numpy(), before)
+
+
+def test_a_batch_norm_deferred_twice_updates_in_order():
+    statistic = torch.tensor([1.0, 2.0])
+    expected = statistic.clone()
+    for batch in (torch.tensor([3.0, 5.0]), torch.tensor([-1.0, 0.5])):
+        expected = expected * 0.9 + batch * (1.0 - 0.9)
+        fast_ops._defer_moving_update(statistic, batch, 0.9)
+    fast_ops._apply_moving_updates()
+    torch.testing.assert_close(statistic, expected, rtol=0, atol=0)
