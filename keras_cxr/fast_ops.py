@@ -45,9 +45,9 @@ traced once and checked against the eager forward before it is trusted.
 `install()` replaces `keras.src.backend.torch.nn.conv`,
 `keras.layers.Dense.call`, `keras.layers.BatchNormalization.call`, the
 torch backend's Adam/AdamW update and `LossScaleOptimizer`'s apply step for
-the whole process, and installs `keras_cxr.fast_graph`, `keras_cxr.fast_random` and (once keras_hub
-is imported; see `prepare`) `keras_cxr.fast_swin` (it is called when
-`keras_cxr` is imported); everything outside those cases (other ranks,
+the whole process, and installs `keras_cxr.fast_graph`,
+`keras_cxr.fast_random` and (once keras_hub is imported; see `prepare`)
+`keras_cxr.fast_swin` (it is called when `keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
 goes to Keras's own code. Results match Keras's to float32 rounding (tests
 compare predictions, gradients and moving statistics). Set
@@ -142,9 +142,13 @@ def _adam_plan(self, variables, params):
     variables and their slots (a load that replaces a tensor rebuilds it).
     """
     slots = [(self._momentums[i], self._velocities[i]) for i in map(self._get_variable_index, variables)]
-    current = params + [slot._value for pair in slots for slot in pair]
+
+    def backing_tensors():
+        return params + [slot._value for pair in slots for slot in pair]
+
     cached = _ADAM_PLANS.get(self)
-    if cached is not None and len(cached[0]) == len(current) and all(a is b for a, b in zip(cached[0], current)):
+    if cached is not None and len(cached[0]) == len(params) * 3 and all(
+            a is b for a, b in zip(cached[0], backing_tensors())):
         return cached[1]
     # The fused kernel walks memory linearly: hand it each parameter with its
     # gradient and moments in the parameter's memory order (conv kernels are
@@ -155,8 +159,7 @@ def _adam_plan(self, variables, params):
     else:  # the views are made per step: a view kept across steps would outlive in-place updates of its base
         plan = (orders, [_slot_like(m, p) for p, (m, _) in zip(params, slots)],
                 [_slot_like(v, p) for p, (_, v) in zip(params, slots)])
-    current = params + [slot._value for pair in slots for slot in pair]  # _slot_like may relay a slot
-    _ADAM_PLANS[self] = (current, plan)
+    _ADAM_PLANS[self] = (backing_tensors(), plan)  # after `_slot_like`, which may relay a slot
     return plan
 
 
