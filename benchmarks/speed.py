@@ -14,8 +14,9 @@ Times, with the same torch build, thread count, input size and batch size:
   files (images per second, one process, no workers).
 
 It prints medians and keras-cxr / reference ratios (> 1: keras-cxr is
-faster) and writes them with the machine and versions to
-`benchmarks/RESULTS.md`.
+faster), the best of alternating rounds and each round's own ratio (their
+spread is the machine's noise), and writes them with the machine and
+versions to `benchmarks/RESULTS.md`.
 
 On a CUDA GPU, `--device cuda --precision mixed_float16` compares keras-cxr
 under Keras's `mixed_float16` policy with timm under `torch.autocast`
@@ -194,13 +195,18 @@ def compare(name, size, args):
     }
     if args.device == "cuda":
         contenders["timm_cl"] = timm_steps(name, size, args.batch, args.device, amp, channels_last=True)
-    best = {(who, kind): float("inf") for who in contenders for kind in ("train", "infer")}
+    medians = {(who, kind): [] for who in contenders for kind in ("train", "infer")}
     for _ in range(args.rounds):  # alternate, so a slow spell of the machine hits everyone
         for who, (train, infer, _) in contenders.items():
-            best[who, "train"] = min(best[who, "train"], median_ms(train, args.steps, args.warmup))
-            best[who, "infer"] = min(best[who, "infer"], median_ms(infer, args.steps, args.warmup))
+            medians[who, "train"].append(median_ms(train, args.steps, args.warmup))
+            medians[who, "infer"].append(median_ms(infer, args.steps, args.warmup))
+    for kind in ("train", "infer"):  # the faster timm memory format, round by round
+        medians["timm", kind] = [min(m) for m in zip(*(medians[who, kind] for who in contenders
+                                                        if who.startswith("timm")))]
+    best = {key: min(values) for key, values in medians.items()}
+    # Each round's own ratio shows how far the machine's noise moves the best-of ratio.
     for kind in ("train", "infer"):
-        best["timm", kind] = min(best[who, kind] for who in contenders if who.startswith("timm"))
+        best["spread", kind] = [t / k for t, k in zip(medians["timm", kind], medians["ours", kind])]
     return best, contenders["ours"][2], contenders["timm"][2]
 
 
@@ -284,11 +290,13 @@ def main(argv=None):
             best, k_params, t_params = compare(name, size, args)
             k_train, p_train, t_train = best["ours", "train"], best["plain", "train"], best["timm", "train"]
             k_infer, p_infer, t_infer = best["ours", "infer"], best["plain", "infer"], best["timm", "infer"]
+            spread = {kind: "-".join(f"{r:.2f}" for r in sorted(best["spread", kind])) for kind in ("train", "infer")}
             row = (f"{name} / {NETWORKS[name][0]}", size, k_params, t_params, k_train, p_train, t_train,
-                   t_train / k_train, k_infer, p_infer, t_infer, t_infer / k_infer)
+                   t_train / k_train, k_infer, p_infer, t_infer, t_infer / k_infer, spread["train"], spread["infer"])
             rows.append(row)
             print("{} {}px params {:,}/{:,}: train {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f}), "
-                  "infer {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f})".format(*row), flush=True)
+                  "infer {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f}); ratios per round: "
+                  "train {}, infer {}".format(*row), flush=True)
     if args.pipeline_images:
         ours, reference = pipeline_rates(args.pipeline_size, args.pipeline_images, args.batch)
         print(f"input pipeline {args.pipeline_size}px: {ours:.0f} vs {reference:.0f} images/s "
@@ -315,14 +323,16 @@ def main(argv=None):
         "\"plain Keras\" is the same keras-cxr model with Keras's own kernels (`KERAS_CXR_FAST_OPS=0`: no "
         "`keras_cxr.fast_ops`, no traced inference).",
         "",
+        "Each round's own train / inference ratio is listed too: their spread is the machine's noise.",
+        "",
         "| network (keras-cxr / timm) | px | params (ours / timm) | train ms keras-cxr | train ms plain Keras "
         "| train ms timm | **train ratio** | infer ms keras-cxr | infer ms plain Keras | infer ms timm "
-        "| **infer ratio** |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| **infer ratio** | ratios per round (train; infer) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:,} / {r[3]:,} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | **{r[7]:.2f}** "
-                     f"| {r[8]:.0f} | {r[9]:.0f} | {r[10]:.0f} | **{r[11]:.2f}** |")
+                     f"| {r[8]:.0f} | {r[9]:.0f} | {r[10]:.0f} | **{r[11]:.2f}** | {r[12]}; {r[13]} |")
     if args.pipeline_images:
         lines += [
             "",
