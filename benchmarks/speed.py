@@ -186,7 +186,7 @@ def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=F
 
 
 def compare(name, size, args):
-    """Best-of-rounds medians (ms): ours, plain Keras and timm, for training and inference."""
+    """Best-of-rounds medians (ms) of ours, plain Keras and timm, and each round's ratios, per kind."""
     amp = args.precision != "float32"
     contenders = {
         "ours": keras_steps(name, size, args.batch, precision=args.precision),
@@ -205,9 +205,10 @@ def compare(name, size, args):
                                                         if who.startswith("timm")))]
     best = {key: min(values) for key, values in medians.items()}
     # Each round's own ratio shows how far the machine's noise moves the best-of ratio.
-    for kind in ("train", "infer"):
-        best["spread", kind] = [t / k for t, k in zip(medians["timm", kind], medians["ours", kind])]
-    return best, contenders["ours"][2], contenders["timm"][2]
+    spread = {kind: "-".join(f"{t / k:.2f}" for t, k in sorted(zip(medians["timm", kind], medians["ours", kind]),
+                                                                key=lambda pair: pair[0] / pair[1]))
+              for kind in ("train", "infer")}
+    return best, spread, contenders["ours"][2], contenders["timm"][2]
 
 
 def pipeline_rates(image_size, images, batch):
@@ -287,10 +288,9 @@ def main(argv=None):
     rows = []
     for name in args.networks:
         for size in args.sizes:
-            best, k_params, t_params = compare(name, size, args)
+            best, spread, k_params, t_params = compare(name, size, args)
             k_train, p_train, t_train = best["ours", "train"], best["plain", "train"], best["timm", "train"]
             k_infer, p_infer, t_infer = best["ours", "infer"], best["plain", "infer"], best["timm", "infer"]
-            spread = {kind: "-".join(f"{r:.2f}" for r in sorted(best["spread", kind])) for kind in ("train", "infer")}
             row = (f"{name} / {NETWORKS[name][0]}", size, k_params, t_params, k_train, p_train, t_train,
                    t_train / k_train, k_infer, p_infer, t_infer, t_infer / k_infer, spread["train"], spread["infer"])
             rows.append(row)

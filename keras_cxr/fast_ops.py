@@ -295,20 +295,20 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
 
 
 # Moving-statistics updates of the batch norms that ran in this thread's keras-cxr model call,
-# {(momentum, device): ([statistics], [batch values])}, applied when the call ends.
+# applied when the call ends: .groups {(momentum, device): ([statistics], [batch values])} and
+# .ids, the ids of those statistics.
 _pending = threading.local()
 
 
 def _defer_moving_update(statistic, batch, momentum):
-    groups = getattr(_pending, "groups", None)
-    if groups is None:
-        groups = _pending.groups = {}
-    if any(t is statistic for targets, _ in groups.values() for t in targets):
+    if id(statistic) in getattr(_pending, "ids", ()):
         _apply_moving_updates()  # a layer called twice: its first update lands first
-        groups = _pending.groups
-    targets, batches = groups.setdefault((momentum, statistic.device), ([], []))
+    if not getattr(_pending, "groups", None):
+        _pending.groups, _pending.ids = {}, set()
+    targets, batches = _pending.groups.setdefault((momentum, statistic.device), ([], []))
     targets.append(statistic)
     batches.append(batch)
+    _pending.ids.add(id(statistic))
 
 
 def _apply_moving_updates():
@@ -319,7 +319,7 @@ def _apply_moving_updates():
     is the same elementwise, so the statistics are bit-identical.
     """
     groups = getattr(_pending, "groups", None)
-    _pending.groups = {}
+    _pending.groups, _pending.ids = {}, set()
     if not groups:
         return
     with torch.no_grad():

@@ -22,6 +22,18 @@ def tiny_swin_with_drop_path(monkeypatch):
     monkeypatch.setitem(swin.ARCHS, "tiny_swin", {**swin.ARCHS["tiny_swin"], "drop_path": 0.3})
 
 
+def fast_and_keras_hub(fn):
+    """`fn()` with `keras_cxr.fast_swin` installed, then with keras-hub's own calls."""
+    assert fast_swin.installed()
+    fast = fn()
+    fast_swin.uninstall()
+    try:
+        reference = fn()
+    finally:
+        fast_swin.install()
+    return fast, reference
+
+
 def run_both(model, x):
     """(fast, keras-hub) results of a training and an inference pass from the same start."""
     start = [v.numpy().copy() for v in model.non_trainable_variables]  # seed generator states
@@ -39,14 +51,7 @@ def run_both(model, x):
                 + [w.value.grad.float().numpy().copy() for w in model.trainable_variables]
                 + [v.numpy().copy() for v in model.non_trainable_variables])
 
-    assert fast_swin.installed()
-    fast = run()
-    fast_swin.uninstall()
-    try:
-        reference = run()
-    finally:
-        fast_swin.install()
-    return fast, reference
+    return fast_and_keras_hub(run)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
@@ -77,12 +82,7 @@ def test_block_outside_the_fast_case_uses_keras_hub_code():
     # 6x6 tokens in windows of 4: keras-hub pads to a window multiple, which the fast call leaves to it.
     block = layers.SwinTransformerBlock(dim=8, input_resolution=(6, 6), num_heads=2, window_size=4, shift_size=2)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 36, 8)).astype("float32"))
-    fast = block(x).detach().numpy()
-    fast_swin.uninstall()
-    try:
-        reference = block(x).detach().numpy()
-    finally:
-        fast_swin.install()
+    fast, reference = fast_and_keras_hub(lambda: block(x).detach().numpy())
     np.testing.assert_array_equal(fast, reference)
     assert block not in fast_swin._CONSTANTS  # no cached mask: keras-hub's call ran
 
@@ -112,12 +112,7 @@ def test_drop_path_scales_and_masks_like_keras_hub_to_the_bit():
         y.backward(torch.from_numpy(np.random.default_rng(2).normal(size=x0.shape).astype("float32")))
         return y.detach().numpy(), x.grad.numpy()
 
-    fast = run()
-    fast_swin.uninstall()
-    try:
-        reference = run()
-    finally:
-        fast_swin.install()
+    fast, reference = fast_and_keras_hub(run)
     dropped = (fast[0] == 0).all(axis=(1, 2))
     assert 10 < dropped.sum() < 54  # about half the samples dropped
     for a, b in zip(fast, reference):
