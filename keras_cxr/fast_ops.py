@@ -46,8 +46,10 @@ traced once and checked against the eager forward before it is trusted.
 `keras.layers.Dense.call`, `keras.layers.BatchNormalization.call`, the
 torch backend's Adam/AdamW update and `LossScaleOptimizer`'s apply step for
 the whole process, and installs `keras_cxr.fast_graph`,
-`keras_cxr.fast_random` and (once keras_hub is imported; see `prepare`)
-`keras_cxr.fast_swin` (it is called when `keras_cxr` is imported); everything outside those cases (other ranks,
+`keras_cxr.fast_random`, `keras_cxr.fast_alloc` (glibc keeps freed memory
+for the next step; this one stays after `uninstall`) and (once keras_hub is
+imported; see `prepare`) `keras_cxr.fast_swin` (it is called when
+`keras_cxr` is imported); everything outside those cases (other ranks,
 channels-first data, masks, renormalization, dilation with "same" padding)
 goes to Keras's own code. Results match Keras's to float32 rounding (tests
 compare predictions, gradients and moving statistics). Set
@@ -70,7 +72,7 @@ from keras.src.backend.torch import nn as torch_nn
 from keras.src.backend.torch.core import convert_to_tensor, to_torch_dtype
 from keras.src.utils.argument_validation import standardize_tuple
 
-from keras_cxr import fast_graph, fast_random, fast_swin
+from keras_cxr import fast_alloc, fast_graph, fast_random, fast_swin
 
 _installed = False
 
@@ -436,6 +438,7 @@ def install():
     fast_graph.end_of_run_callbacks.append(_apply_moving_updates)
     fast_random.install()
     fast_swin.install()
+    fast_alloc.install()  # process-wide and permanent: `uninstall` leaves it
     _installed = True
 
 
