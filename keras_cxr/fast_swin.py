@@ -14,7 +14,10 @@ same torch kernels in the same order: shape-only ops (reshape, permute,
 roll, slicing) as torch methods, dtype-sensitive ones (`matmul`,
 `softmax`, `gelu`) through the same Keras torch-backend functions
 `keras.ops` ends in, and the shift mask, the int64 position index and the
-0-d attention scale cached per layer (their values never change). Sublayers
+0-d attention scale cached per layer (their values never change). Patch
+merging's four strided slices and concatenation become one reshape and
+permute (the same tensor; its backward is one copy instead of four
+zero-filled slices summed). Sublayers
 are still called as layers. `DropPath` (stochastic depth) draws the same
 random numbers and, on the CPU in float32, scales and masks in one division
 where keras-hub runs a division and a multiplication. Outputs, gradients
@@ -137,8 +140,11 @@ def _merging_call(self, x, H, W):  # noqa: N803  (keras-hub's argument names)
     if H % 2 or W % 2 or not isinstance(x, torch.Tensor):
         return _keras_hub_calls["PatchMerging"](self, x, H, W)
     b, _, c = x.shape
-    x = x.reshape(b, H, W, c)  # even sides: keras-hub's zero-width padding is a plain copy
-    x = torch.cat([x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :], x[:, 1::2, 1::2, :]], dim=-1)
+    # keras-hub concatenates the four strided quarters (rows, columns) = (0::2, 0::2), (1::2, 0::2),
+    # (0::2, 1::2), (1::2, 1::2) along channels (its zero-width padding of even sides is a plain copy).
+    # The same tensor as one reshape and permute: position (i, j), channel block 2 * dw + dh holds
+    # pixel (2i + dh, 2j + dw). Its backward is one copy instead of four zero-filled slices and a sum.
+    x = x.reshape(b, H // 2, 2, W // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, H // 2, W // 2, 4 * c)
     return self.reduction(self.norm(x)).reshape(b, -1, 2 * c)
 
 
