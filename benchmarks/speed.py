@@ -1,6 +1,8 @@
-"""keras-cxr against plain PyTorch + timm on the same network, in one process.
+"""keras-cxr against plain PyTorch + timm on the same network, in one command.
 
-Times, with the same torch build, thread count, input size and batch size:
+Times, with the same torch build, thread count, input size and batch size,
+each contender in its own worker process (as a user's program runs one of
+them; see `compare`), timed in turn:
 
 - a training step: forward, loss, backward and optimizer update
   (keras-cxr: the step function `model.fit` runs for each batch on a
@@ -14,9 +16,11 @@ Times, with the same torch build, thread count, input size and batch size:
   files (images per second, one process, no workers).
 
 It prints medians and keras-cxr / reference ratios (> 1: keras-cxr is
-faster), the best of alternating rounds and each round's own ratio (their
+faster), the best of several rounds and each round's own ratio (their
 spread is the machine's noise), and writes them with the machine and
-versions to `benchmarks/RESULTS.md`.
+versions to `benchmarks/RESULTS.md`. On the CPU, timm is also timed with
+keras-cxr's heap setting (`keras_cxr.fast_alloc`), so the share of a ratio
+that comes from that setting is visible.
 
 On a CUDA GPU, `--device cuda --precision mixed_float16` compares keras-cxr
 under Keras's `mixed_float16` policy with timm under `torch.autocast`
@@ -28,7 +32,9 @@ the test environment).
 """
 
 import argparse
+import contextlib
 import datetime
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -43,8 +49,7 @@ if "--device" in sys.argv:  # Keras picks its torch device when it is imported
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import keras_cxr  # noqa: E402,F401  (pins the torch backend before keras loads)
-import keras  # noqa: E402
+# keras and keras_cxr are imported where they are used: timm's worker processes never import them.
 
 HERE = pathlib.Path(__file__).resolve().parent
 CXR4 = HERE.parent.parent / "shared" / "data" / "cxr4"
@@ -93,6 +98,8 @@ def build_keras(name, image_size):
 
 
 def _functional(features, image_size):
+    import keras
+
     from keras_cxr.models.head import classification_head
     from keras_cxr.models.weights import WeightsSource
 
@@ -111,39 +118,29 @@ def build_timm(name, image_size):
     return timm.create_model(timm_name, pretrained=False, num_classes=4, **kwargs)
 
 
-def keras_steps(name, image_size, batch, fast=True, precision="float32"):
-    """keras-cxr's (train step, inference step, parameter count); `fast=False`: Keras's own kernels.
+def keras_steps(name, image_size, batch, precision="float32"):
+    """keras-cxr's (train step, inference step, parameter count), as this process imported it.
 
-    Both steps end with results on the host (a loss value, numpy
-    probabilities), so on a GPU they include the synchronisation.
+    With ``KERAS_CXR_FAST_OPS=0`` in the environment that is plain Keras
+    (Keras's own kernels, no traced inference, glibc's default heap). Both
+    steps end with results on the host (a loss value, numpy probabilities),
+    so on a GPU they include the synchronisation.
     """
-    from keras_cxr import fast_ops
     from keras_cxr.losses import FocalLoss
     from keras_cxr.precision import set_precision
     from keras_cxr.predict import predict_probs
 
+    import keras
+
     set_precision(precision)
-    if not fast:
-        fast_ops.uninstall()  # built as plain Keras would: kernels in Keras's memory order
     try:
         model = build_keras(name, image_size)
     finally:
-        fast_ops.install()
         set_precision("float32")
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=FocalLoss())
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
     y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, batch)]
-
-    def with_kernels(fn):
-        def step():
-            (fast_ops.install if fast else fast_ops.uninstall)()
-            try:
-                fn()
-            finally:
-                fast_ops.install()
-        return step
-
     model.train_on_batch(x, y)  # builds the model's metrics and optimizer
     model.make_train_function()
 
@@ -151,8 +148,7 @@ def keras_steps(name, image_size, batch, fast=True, precision="float32"):
         batch = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y), None)
         float(model.train_function([batch])["loss"])
 
-    return (with_kernels(train_step),
-            with_kernels(lambda: predict_probs(model, x, batch_size=batch)), model.count_params())
+    return train_step, lambda: predict_probs(model, x, batch_size=batch), model.count_params()
 
 
 def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=False):
@@ -185,30 +181,108 @@ def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=F
     return train_step, infer_step, sum(p.numel() for p in model.parameters())
 
 
+# Contender -> (what it runs, environment of its process). "plain" is the same
+# keras-cxr model with Keras's own kernels; "timm_alloc" is timm given
+# keras-cxr's heap setting (`keras_cxr.fast_alloc`), to show how much of a
+# ratio that setting is; "timm_cl" (CUDA only) timm in channels_last memory.
+CONTENDERS = {
+    "ours": ("keras", {}),
+    "plain": ("keras", {"KERAS_CXR_FAST_OPS": "0"}),
+    "timm": ("timm", {}),
+    "timm_alloc": ("timm", {}),
+    "timm_cl": ("timm", {}),
+}
+
+
+def _worker(connection, who, name, size, args):
+    """One contender's process: build its steps, then time them on request."""
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    if CONTENDERS[who][0] == "keras":
+        train, infer, params = keras_steps(name, size, args.batch, precision=args.precision)
+    else:
+        if who == "timm_alloc":
+            from keras_cxr import fast_alloc  # noqa: PLC0415  (imports keras_cxr, with fast ops off)
+
+            fast_alloc.install()
+        train, infer, params = timm_steps(name, size, args.batch, args.device, args.precision != "float32",
+                                          channels_last=who == "timm_cl")
+    connection.send(params)
+    steps = {"train": train, "infer": infer}
+    while (kind := connection.recv()) is not None:
+        connection.send(median_ms(steps[kind], args.steps, args.warmup))
+
+
+@contextlib.contextmanager
+def _environment(changes):
+    saved = dict(os.environ)
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _start(who, name, size, args):
+    """A worker process for `who` and its end of the pipe; it inherits the environment at its start."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_worker, args=(theirs, who, name, size, args), daemon=True)
+    # keras_cxr reads KERAS_CXR_FAST_OPS when imported; timm's processes never import it
+    # (timm_alloc imports it with fast ops off and sets only the heap).
+    off = {"KERAS_CXR_FAST_OPS": "0"} if who == "timm_alloc" else {}
+    with _environment({**CONTENDERS[who][1], **off}):
+        process.start()
+    return process, ours
+
+
+def _time_round(name, size, args, who_runs):
+    """One round: a fresh worker process per contender, started together, then timed one after another."""
+    workers = {who: _start(who, name, size, args) for who in who_runs}
+    try:
+        params = {who: connection.recv() for who, (_, connection) in workers.items()}
+        medians = {}
+        for who, (_, connection) in workers.items():
+            for kind in ("train", "infer"):
+                connection.send(kind)
+                medians[who, kind] = connection.recv()
+    finally:
+        for process, connection in workers.values():
+            if process.is_alive():
+                connection.send(None)
+            process.join(timeout=60)
+    return medians, params
+
+
 def compare(name, size, args):
-    """Best-of-rounds medians (ms) of ours, plain Keras and timm, and each round's ratios, per kind."""
-    amp = args.precision != "float32"
-    contenders = {
-        "ours": keras_steps(name, size, args.batch, precision=args.precision),
-        "plain": keras_steps(name, size, args.batch, fast=False, precision=args.precision),
-        "timm": timm_steps(name, size, args.batch, args.device, amp),
-    }
-    if args.device == "cuda":
-        contenders["timm_cl"] = timm_steps(name, size, args.batch, args.device, amp, channels_last=True)
-    medians = {(who, kind): [] for who in contenders for kind in ("train", "infer")}
-    for _ in range(args.rounds):  # alternate, so a slow spell of the machine hits everyone
-        for who, (train, infer, _) in contenders.items():
-            medians[who, "train"].append(median_ms(train, args.steps, args.warmup))
-            medians[who, "infer"].append(median_ms(infer, args.steps, args.warmup))
-    for kind in ("train", "infer"):  # the faster timm memory format, round by round
-        medians["timm", kind] = [min(m) for m in zip(*(medians[who, kind] for who in contenders
-                                                        if who.startswith("timm")))]
+    """Best-of-rounds medians (ms) per contender and kind, each round's ratios, and parameter counts.
+
+    Each contender runs in its own process (same interpreter, torch build and
+    thread count), as a user's program runs one of them: in a shared process
+    the heap one leaves behind decides how often the other page-faults
+    (measured: 0 vs 25,000 faults per Swin-T step, by call order). Every
+    round starts fresh processes: the same step timed in two processes of
+    this VM differed by up to 15%, so a contender's best is taken over
+    several processes, not over several rounds of one.
+    """
+    who_runs = ["ours", "plain", "timm", "timm_alloc"] if args.device == "cpu" else ["ours", "plain", "timm",
+                                                                                      "timm_cl"]
+    medians = {(who, kind): [] for who in who_runs for kind in ("train", "infer")}
+    for r in range(args.rounds):  # each round times the contenders in a rotated order
+        order = who_runs[r % len(who_runs):] + who_runs[:r % len(who_runs)]
+        round_medians, params = _time_round(name, size, args, order)
+        for key, value in round_medians.items():
+            medians[key].append(value)
+    if "timm_cl" in who_runs:
+        for kind in ("train", "infer"):  # the faster timm memory format, round by round
+            medians["timm", kind] = [min(pair) for pair in zip(medians["timm", kind], medians["timm_cl", kind])]
     best = {key: min(values) for key, values in medians.items()}
     # Each round's own ratio shows how far the machine's noise moves the best-of ratio.
     spread = {kind: "-".join(f"{t / k:.2f}" for t, k in sorted(zip(medians["timm", kind], medians["ours", kind]),
                                                                 key=lambda pair: pair[0] / pair[1]))
               for kind in ("train", "infer")}
-    return best, spread, contenders["ours"][2], contenders["timm"][2]
+    return best, spread, params["ours"], params["timm"]
 
 
 def pipeline_rates(image_size, images, batch):
@@ -256,6 +330,7 @@ def machine():
                 break
     except OSError:
         pass
+    import keras
     import timm
     import torchvision
 
@@ -274,7 +349,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best median counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each in fresh processes; the best median counts")
     parser.add_argument("--pipeline-images", type=int, default=256)
     parser.add_argument("--pipeline-size", type=int, default=384)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -289,14 +365,20 @@ def main(argv=None):
     for name in args.networks:
         for size in args.sizes:
             best, spread, k_params, t_params = compare(name, size, args)
-            k_train, p_train, t_train = best["ours", "train"], best["plain", "train"], best["timm", "train"]
-            k_infer, p_infer, t_infer = best["ours", "infer"], best["plain", "infer"], best["timm", "infer"]
-            row = (f"{name} / {NETWORKS[name][0]}", size, k_params, t_params, k_train, p_train, t_train,
-                   t_train / k_train, k_infer, p_infer, t_infer, t_infer / k_infer, spread["train"], spread["infer"])
+            row = {"network": f"{name} / {NETWORKS[name][0]}", "size": size, "params": f"{k_params:,} / {t_params:,}"}
+            for kind in ("train", "infer"):
+                ms = {who: best.get((who, kind)) for who in ("ours", "plain", "timm", "timm_alloc")}
+                row[kind] = ms
+                row[kind + " ratio"] = ms["timm"] / ms["ours"]
+                row[kind + " ratio, same heap"] = ms["timm_alloc"] / ms["ours"] if ms["timm_alloc"] else None
+                row[kind + " rounds"] = spread[kind]
             rows.append(row)
-            print("{} {}px params {:,}/{:,}: train {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f}), "
-                  "infer {:.0f} (plain Keras {:.0f}) vs timm {:.0f} ms (x{:.2f}); ratios per round: "
-                  "train {}, infer {}".format(*row), flush=True)
+            print(f"{name} {size}px: " + "; ".join(
+                f"{kind} keras-cxr {row[kind]['ours']:.0f} ms (plain Keras {row[kind]['plain']:.0f}), timm "
+                f"{row[kind]['timm']:.0f} ms: x{row[kind + ' ratio']:.2f} (rounds {row[kind + ' rounds']})"
+                + (f", timm with keras-cxr's heap setting {row[kind]['timm_alloc']:.0f} ms: "
+                   f"x{row[kind + ' ratio, same heap']:.2f}" if row[kind]["timm_alloc"] else "")
+                for kind in ("train", "infer")), flush=True)
     if args.pipeline_images:
         ours, reference = pipeline_rates(args.pipeline_size, args.pipeline_images, args.batch)
         print(f"input pipeline {args.pipeline_size}px: {ours:.0f} vs {reference:.0f} images/s "
@@ -316,23 +398,38 @@ def main(argv=None):
         f"Machine: {machine()}.",
         "",
         f"Setting: {setting}. Batch {args.batch}, random weights; each number is the best of {args.rounds} "
-        f"alternating rounds of the median of {args.steps} steps after {args.warmup} warm-up steps. "
+        f"rounds of the median of {args.steps} steps after {args.warmup} warm-up steps. "
         "Ratio = reference time / keras-cxr time (above 1: keras-cxr is faster). timm trains with the "
         "stochastic depth keras-cxr's models have (EfficientNetV2-S: drop path 0.2, Swin-T: 0.1).",
         "",
+        "Each contender runs in its own process, started by this one command with the same interpreter, "
+        "torch build and thread count; each round starts fresh processes and times them one after another, in "
+        "an order rotated from round to round. In one shared process the heap one contender leaves behind "
+        "decides how often the other page-faults (measured: 0 vs 25,000 faults per Swin-T step, by call "
+        "order), which no user's program sees; and the same step timed in two processes of this VM differed by "
+        "up to 15%, so the best is taken over several processes.",
+        "",
         "\"plain Keras\" is the same keras-cxr model with Keras's own kernels (`KERAS_CXR_FAST_OPS=0`: no "
-        "`keras_cxr.fast_ops`, no traced inference).",
+        "`keras_cxr.fast_ops`, no traced inference, glibc's default heap). \"timm, same heap\" is timm in a "
+        "process given keras-cxr's heap setting (`keras_cxr.fast_alloc`: freed memory kept for the next step "
+        "instead of unmapped); the ratio against it is keras-cxr's margin without that setting's share.",
         "",
         "Each round's own train / inference ratio is listed too: their spread is the machine's noise.",
         "",
-        "| network (keras-cxr / timm) | px | params (ours / timm) | train ms keras-cxr | train ms plain Keras "
-        "| train ms timm | **train ratio** | infer ms keras-cxr | infer ms plain Keras | infer ms timm "
-        "| **infer ratio** | ratios per round (train; infer) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| network (keras-cxr / timm) | px | params (ours / timm) | train ms keras-cxr / plain Keras / timm "
+        "/ timm, same heap | **train ratio** | train ratio, same heap | infer ms keras-cxr / plain Keras / timm "
+        "/ timm, same heap | **infer ratio** | infer ratio, same heap | ratios per round (train; infer) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def cells(row, kind):
+        ms = " / ".join("-" if v is None else f"{v:.0f}" for v in row[kind].values())
+        same_heap = row[kind + " ratio, same heap"]
+        return f"{ms} | **{row[kind + ' ratio']:.2f}** | " + ("-" if same_heap is None else f"{same_heap:.2f}")
+
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]:,} / {r[3]:,} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | **{r[7]:.2f}** "
-                     f"| {r[8]:.0f} | {r[9]:.0f} | {r[10]:.0f} | **{r[11]:.2f}** | {r[12]}; {r[13]} |")
+        lines.append(f"| {r['network']} | {r['size']} | {r['params']} | {cells(r, 'train')} | {cells(r, 'infer')} "
+                     f"| {r['train rounds']}; {r['infer rounds']} |")
     if args.pipeline_images:
         lines += [
             "",

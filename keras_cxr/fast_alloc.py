@@ -7,11 +7,11 @@ at the top of the heap to the operating system once it exceeds 64 MB. A
 training step allocates and frees the same activations every step, so each
 step then asks the kernel for fresh pages, and every first touch of a 4 kB
 page is a page fault (with the page zeroed). Measured on this project's CPU
-machine (2 threads, batch 8, one network per process): timm's
-EfficientNetV2-S step at 128 px took 52,000 page faults and 322 ms, 273 ms
-with the settings below; Swin-T at 224 px 105,000 faults and 1,415 ms, 1,337
-ms with them. keras-cxr's own steps fault less (369 and 41,000) but
-still gain (265 -> 255 ms, 1,339 -> 1,313 ms).
+machine (2 threads, batch 8, one network per process): timm's training step
+took 52,000 page faults per step on EfficientNetV2-S at 128 px and 105,000
+on Swin-T at 224 px; given this setting it went from 329 to 276 ms and from
+1,394 to 1,294 ms (`benchmarks/RESULTS.md`, "same heap"). keras-cxr's own
+steps fault less (369 and 41,000 per step without it) and gain less.
 
 `install()` asks glibc (`mallopt`) to serve blocks up to 1 GiB from the
 heap and never to trim it, so memory a step frees stays mapped and the next
@@ -22,12 +22,15 @@ threshold, so there is no `uninstall`. Elsewhere (macOS, Windows, musl) it
 does nothing.
 
 It is installed with keras-cxr's other speed-ups when `keras_cxr` is
-imported, unless ``KERAS_CXR_FAST_OPS=0`` (see `keras_cxr.fast_ops`). The same
-effect for any program: ``MALLOC_MMAP_THRESHOLD_=1073741824
-MALLOC_TRIM_THRESHOLD_=-1`` in the environment before it starts.
+imported, unless ``KERAS_CXR_FAST_OPS=0`` (see `keras_cxr.fast_ops`) or
+``KERAS_CXR_FAST_ALLOC=0`` (this one alone: where a process should hand
+freed memory back, a notebook, say). The same effect for any program:
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1`` in the
+environment before it starts.
 """
 
 import ctypes
+import os
 import platform
 
 # glibc's <malloc.h> parameter numbers.
@@ -51,10 +54,19 @@ def _glibc():
     return libc if hasattr(libc, "mallopt") else None
 
 
+def enabled():
+    """Whether `install` will act (``KERAS_CXR_FAST_ALLOC`` is not 0/false/off/no)."""
+    return os.environ.get("KERAS_CXR_FAST_ALLOC", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def install():
-    """Set glibc's heap to keep freed memory (once; a no-op without glibc). Returns whether it is set."""
+    """Set glibc's heap to keep freed memory (once; a no-op without glibc or when disabled).
+
+    Returns:
+        Whether the setting is in place.
+    """
     global _installed
-    libc = _glibc()
+    libc = _glibc() if enabled() else None
     if libc is not None and not _installed:
         # mallopt returns 1 on success, 0 when glibc refuses the value.
         _installed = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
