@@ -21,8 +21,8 @@ same place every step anyway). glibc offers no way to restore its dynamic
 threshold, so there is no `uninstall`. Elsewhere (macOS, Windows, musl) it
 does nothing.
 
-It is installed with keras-cxr's other speed-ups when `keras_cxr` is
-imported, unless ``KERAS_CXR_FAST_OPS=0`` (see `keras_cxr.fast_ops`) or
+`keras_cxr.fast_ops` installs it with keras-cxr's other speed-ups when
+`keras_cxr` is imported, unless ``KERAS_CXR_FAST_OPS=0`` or
 ``KERAS_CXR_FAST_ALLOC=0`` (this one alone: where a process should hand
 freed memory back, a notebook, say). The same effect for any program:
 ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1`` in the
@@ -30,7 +30,6 @@ environment before it starts.
 """
 
 import ctypes
-import os
 import platform
 
 # glibc's <malloc.h> parameter numbers.
@@ -54,20 +53,15 @@ def _glibc():
     return libc if hasattr(libc, "mallopt") else None
 
 
-def enabled():
-    """Whether `install` will act (``KERAS_CXR_FAST_ALLOC`` is not 0/false/off/no)."""
-    return os.environ.get("KERAS_CXR_FAST_ALLOC", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
 def install():
-    """Set glibc's heap to keep freed memory (once; a no-op without glibc or when disabled).
+    """Set glibc's heap to keep freed memory (once; a no-op without glibc).
 
     Returns:
         Whether the setting is in place.
     """
     global _installed
-    libc = _glibc() if enabled() else None
-    if libc is not None and not _installed:
+    libc = None if _installed else _glibc()
+    if libc is not None:
         # mallopt returns 1 on success, 0 when glibc refuses the value.
         _installed = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
             libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))

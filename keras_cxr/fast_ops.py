@@ -77,9 +77,14 @@ from keras_cxr import fast_alloc, fast_graph, fast_random, fast_swin
 _installed = False
 
 
+def _switched_on(variable):
+    """Whether the environment leaves `variable` on (unset, or not 0/false/off/no)."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def enabled():
-    """Whether `install` will patch (``KERAS_CXR_FAST_OPS`` is not 0/false/off)."""
-    return os.environ.get("KERAS_CXR_FAST_OPS", "1").strip().lower() not in ("0", "false", "off", "no")
+    """Whether `install` will patch (``KERAS_CXR_FAST_OPS`` is not 0/false/off/no)."""
+    return _switched_on("KERAS_CXR_FAST_OPS")
 
 
 def _conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
@@ -438,7 +443,8 @@ def install():
     fast_graph.end_of_run_callbacks.append(_apply_moving_updates)
     fast_random.install()
     fast_swin.install()
-    fast_alloc.install()  # process-wide and permanent: `uninstall` leaves it
+    if _switched_on("KERAS_CXR_FAST_ALLOC"):
+        fast_alloc.install()  # process-wide and permanent: `uninstall` leaves it
     _installed = True
 
 

@@ -217,7 +217,6 @@ def test_adam_updates_match_keras(optimizer):
     assert not np.allclose(fast[0], np.random.default_rng(0).normal(size=(5, 7)))  # the weights moved
 
 
-
 def test_adam_plan_follows_tensors_replaced_under_a_variable():
     """The cached fused-Adam plan is rebuilt when a load or relayout swaps a variable's tensor."""
     variable = keras.Variable(np.ones((3, 4), "float32"))
@@ -227,6 +226,7 @@ def test_adam_plan_follows_tensors_replaced_under_a_variable():
     variable._value = torch.nn.Parameter(torch.full((3, 4), 5.0))  # what `relayout_conv_kernels` does
     optimizer.apply([torch.ones(3, 4)], [variable])
     assert (variable.numpy() < 5.0).all()  # the step reached the new tensor, not the old one
+
 
 FAMILIES = [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64), ("tiny_dinov2", 56),
             ("tiny_convnext", 64), ("cxr_resnet", 64)]
