@@ -1,21 +1,26 @@
-"""On a CUDA GPU under mixed_float16: keras-cxr's fast path against Keras's own.
+"""On a CUDA GPU under mixed_float16: keras-cxr's accelerated paths against Keras's own.
 
-Checks what the CPU tests cannot: seeded random draws and the fused AdamW
-step on CUDA tensors, cuDNN batch normalization on float16
-activations (`keras_cxr.fast_ops`), for one layer (outputs, input
-gradients, moving statistics, inference) and for EfficientNetV2-S trained a
-few steps both ways. Run it on a GPU machine:
+Checks what the CPU tests cannot: seeded random draws (`keras_cxr.accel.seeds`)
+and the fused AdamW step (`keras_cxr.accel.adam`) on CUDA tensors, cuDNN
+batch normalization on float16 activations (`keras_cxr.accel.batchnorm`),
+for one layer (outputs, input gradients, moving statistics, inference) and
+for EfficientNetV2-S (a marked model: `keras_cxr.accel.graph` walks its
+graph) trained a few steps both ways. Each side runs with
+`keras_cxr.accel.enable()` or with acceleration off (`accel.disable()`:
+Keras's own code). Run it on a GPU machine:
 
     KERAS_BACKEND=torch python benchmarks/gpu_check.py
 
-Expected: seeded random draws equal Keras's exactly (`keras_cxr.fast_random`);
-the fused AdamW steps agree with Keras's to float32 rounding; the layer's
-moving statistics agree to float32 rounding (rel < 1e-5), its outputs and
-gradients to float16 rounding (rel < 2e-3); the model's losses and
-probabilities stay close (their trajectories drift apart by float16
-rounding).
-"""
+It first prints `accel.enable()`'s status: a patch skipped there (its
+library versions outside the tested range, or its probe failed) runs Keras's
+own code on both sides, so its comparison checks nothing.
 
+Expected: seeded random draws equal Keras's exactly; the fused AdamW steps
+agree with Keras's to float32 rounding; the layer's moving statistics agree
+to float32 rounding (rel < 1e-5), its outputs and gradients to float16
+rounding (rel < 2e-3); the model's losses and probabilities stay close
+(their trajectories drift apart by float16 rounding).
+"""
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -24,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from keras_cxr import fast_ops, models  # noqa: E402
+from keras_cxr import accel, models  # noqa: E402
 from keras_cxr.losses import FocalLoss  # noqa: E402
 from keras_cxr.precision import set_precision  # noqa: E402
 from keras_cxr.seeding import set_seed  # noqa: E402
@@ -33,11 +38,22 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def with_kernels(fast, fn):
-    (fast_ops.install if fast else fast_ops.uninstall)()
+    """`fn()` with `keras_cxr.accel` enabled (fast) or off (Keras's own code); acceleration is off afterwards."""
+    accel.disable()
+    if fast:
+        accel.enable()
     try:
         return fn()
     finally:
-        fast_ops.install()
+        accel.disable()
+
+
+def accel_status():
+    """Print which patches `accel.enable()` applies here; the others run Keras's code on both sides."""
+    status = accel.enable()
+    accel.disable()
+    off = {name: state for name, state in status.items() if state not in ("on", "waiting")}
+    print("keras_cxr.accel:", "every patch on" if not off else f"NOT ON (Keras's code on both sides): {off}")
 
 
 def batch_norm_layer():
@@ -88,7 +104,7 @@ def efficientnet(steps=5):
 
 
 def random_draws():
-    """Seeded draws with `keras_cxr.fast_random` (host copy of the seed state) vs Keras's: must be equal."""
+    """Seeded draws with `keras_cxr.accel.seeds` (host copy of the seed state) vs Keras's: must be equal."""
     def run():
         generator = keras.random.SeedGenerator(5)
         x = torch.ones(8, 4, 4, 3, device=DEVICE)
@@ -121,6 +137,7 @@ def adam_steps():
 
 if __name__ == "__main__":
     print("device:", torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (float16 batch norm runs in float32)")
+    accel_status()
     random_draws()
     adam_steps()
     batch_norm_layer()

@@ -1,12 +1,15 @@
 """Where a keras-cxr training step's host and GPU time go on a CUDA GPU.
 
 EfficientNetV2-S, 384 px, batch 32, mixed_float16, the step `model.fit` runs
-per batch (as `speed.py` times it), three steps under the torch profiler.
+per batch (as `speed.py` times it for its "ours" contender: the process calls
+`keras_cxr.accel.keep_freed_memory()` and `keras_cxr.accel.enable()` before
+building, as the `keras-cxr` command does), three steps under the torch
+profiler. `--plain` profiles Keras's own code instead (acceleration off).
 Prints the ops by host time, kernel launches, stream synchronisations and
 host-device copies per step, and the GPU kernel time per step (see
 `RESULTS-gpu.md` for what it showed). Run it on a GPU machine:
 
-    KERAS_BACKEND=torch python benchmarks/gpu_profile.py
+    KERAS_BACKEND=torch python benchmarks/gpu_profile.py [--plain]
 """
 
 import os
@@ -27,6 +30,15 @@ STEPS = 3
 
 def main():
     torch.backends.cudnn.benchmark = True
+    if "--plain" not in sys.argv[1:]:
+        from keras_cxr import accel
+
+        accel.keep_freed_memory()
+        status = accel.enable()
+        off = {name: state for name, state in status.items() if state not in ("on", "waiting")}
+        print("keras_cxr.accel:", "every patch on" if not off else f"NOT ON (Keras's code runs for them): {off}")
+    else:
+        print("keras_cxr.accel: off (Keras's own code)")
     train, _, _ = speed.keras_steps("effv2_s", 384, 32, precision="mixed_float16")
     for _ in range(5):
         train()

@@ -13,6 +13,23 @@ class _UserError(click.ClickException):
     exit_code = 2
 
 
+# The library's error fields (its argument names) -> how this command line words them.
+FLAGS = {
+    "out_dir": "--out", "overwrite": "--overwrite", "resume": "--resume", "assignments": "--set",
+    "swa_off": "--set swa.start_epoch=none", "tta": "--tta", "group_by": "--group-by", "val_paths": "--val",
+    "test_paths": "--test", "thresholds": "--thresholds", "weight": "--weight", "max_per_class": "--max-per-class",
+    "folds_dir": "--folds-dir", "fold": "--fold", "make_folds": "keras-cxr kfold",
+    "fold_csvs": "keras-cxr fit --folds-dir DIR --fold K",
+}
+
+
+def _worded(error):
+    """`error`'s message with its fields named as this command line's flags."""
+    from keras_cxr.errors import FieldText
+
+    return error.render(FLAGS) if isinstance(error, FieldText) else str(error)
+
+
 def _user_errors():
     from keras_cxr.data import ImageError, TableError
     from keras_cxr.kfold import FoldError
@@ -39,7 +56,7 @@ class _Reported:
 
     def __exit__(self, kind, error, traceback):
         if error is not None and isinstance(error, (*_user_errors(), *self.more)):
-            raise _UserError(str(error)) from None
+            raise _UserError(_worded(error)) from None
         return False
 
 
@@ -61,8 +78,27 @@ def _check_output_file(path, option):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keras-cxr")
-def main():
+@click.option("--no-accel", is_flag=True,
+              help="Run Keras's own code: no keras_cxr.accel patches, glibc's default heap (also KERAS_CXR_ACCEL=0).")
+@click.pass_context
+def main(ctx, no_accel):
     """Train, evaluate and ensemble chest X-ray classifiers (Keras 3, torch backend)."""
+    ctx.obj = {"accelerate": not no_accel}
+
+
+def _accelerate():
+    """Whether this command runs with `keras_cxr.accel`; sets this process's heap when it does.
+
+    The heap setting (`keras_cxr.accel.keep_freed_memory`) is for the
+    command's own process only, and ``KERAS_CXR_HEAP=0`` leaves glibc alone.
+    """
+    from keras_cxr.accel import keep_freed_memory
+    from keras_cxr.accel.switch import switched_off
+
+    accelerate = click.get_current_context().find_root().obj["accelerate"] and not switched_off()
+    if accelerate and not switched_off("KERAS_CXR_HEAP"):
+        keep_freed_memory()
+    return accelerate
 
 
 @main.command()
@@ -107,7 +143,8 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
         recipe = apply_overrides(recipe, flags + list(assignments))
         out = out_dir or recipe.output
         try:
-            metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite, resume=resume)
+            metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite, resume=resume,
+                                 accelerate=_accelerate())
         except TrainingDiverged as e:
             raise click.ClickException(str(e)) from None
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())
@@ -148,7 +185,7 @@ def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission,
     try:
         parse_tta(tta)
     except ValueError as e:
-        raise _UserError(str(e)) from None
+        raise _UserError(_worded(e)) from None
     for path, option in ((out_path, "--out"), (submission, "--submission")):
         if path:
             _check_output_file(path, option)
@@ -157,7 +194,7 @@ def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission,
         from keras_cxr.probabilities import write_probabilities, write_submission
 
         probs = predict_csv(models, csv_path, images_dir=images_dir, tta=tta, batch_size=batch_size,
-                            verbose=0 if quiet else 1)
+                            verbose=0 if quiet else 1, accelerate=_accelerate())
         write_probabilities(out_path, probs.filenames, probs.values, probs.class_names)
         if submission:
             write_submission(submission, probs.filenames, probs.values, probs.class_names)
@@ -211,7 +248,7 @@ def kfold(csv_paths, folds, seed, group_by, group_regex, images_dir, out_dir):
                              group_regex=group_regex, images_dir=images_dir)
     click.echo(summary.to_string(index=False))
     if summary.attrs.get("warning"):
-        click.echo("warning: " + summary.attrs["warning"].replace("group_by=", "--group-by "), err=True)
+        click.echo("warning: " + _worded(summary.attrs["warning"]), err=True)
     click.echo(f"{folds} folds -> {out_dir} (folds.csv, fold{{k}}_train.csv, fold{{k}}_val.csv, summary.csv)")
 
 
@@ -309,7 +346,7 @@ def pseudo_label(probs_path, threshold, thresholds, max_per_class, weight, image
         cut = threshold if thresholds is None else parse_thresholds(thresholds, probs.class_names)
         frame = select_pseudo_labels(probs, cut, max_per_class=max_per_class, weight=weight)
     except ValueError as e:
-        raise _UserError(str(e)) from None
+        raise _UserError(_worded(e)) from None
     if images_dir is not None:
         if not os.path.isdir(images_dir):
             raise _UserError(f"--images {images_dir}: folder not found")

@@ -4,7 +4,7 @@ Every recipe section (and the objects that consume them, such as
 `keras_cxr.data.Augmentation`) is a frozen dataclass deriving from `Config`.
 `Config` checks each field's type on construction, rejects unknown fields
 with a suggestion, and converts to and from plain dicts for `recipe.json`
-and ``--set dotted.key=value`` overrides.
+and ``dotted.key=value`` overrides.
 """
 
 import dataclasses
@@ -12,8 +12,10 @@ import difflib
 import types
 import typing
 
+from keras_cxr.errors import FieldError
 
-class ConfigError(ValueError):
+
+class ConfigError(FieldError):
     """A recipe or configuration value is wrong; the message names the field."""
 
 

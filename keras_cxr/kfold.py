@@ -40,7 +40,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
+from keras_cxr.errors import FieldError, FieldText
 from keras_cxr.data.table import _read_frame, read_table
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.probabilities import Probabilities, ProbabilityError, read_probabilities, write_probabilities
@@ -56,7 +57,7 @@ NO_GROUPS_WARNING = (
 )
 
 
-class FoldError(ValueError):
+class FoldError(FieldError):
     """Inputs or runs that cannot give leak-free folds; the message says why."""
 
 
@@ -184,8 +185,9 @@ def _groups_by_regex(filenames, pattern, where):
 
 def _no_groups_warning(frames):
     columns = dict.fromkeys(c for frame in frames for c in frame.columns if "patient" in c.lower())
-    hint = f" (pass group_by={next(iter(columns))!r}?)" if columns else ""
-    return NO_GROUPS_WARNING + hint
+    if not columns:
+        return FieldText(NO_GROUPS_WARNING)
+    return FieldText(f"{NO_GROUPS_WARNING} (pass {{group_by}} {next(iter(columns))!r}?)", group_by="group_by")
 
 
 def _assign_folds(class_ids, groups, folds, seed, class_names):
@@ -347,7 +349,7 @@ def make_folds(
         "filename_column": filename_column,
         "rows": len(merged),
         "groups": int(merged["group"].nunique()),
-        "warning": warning,
+        "warning": None if warning is None else str(warning),
     }
     write_json_atomic(settings, os.path.join(out_dir, "folds.json"))
     summary.attrs["warning"] = warning
@@ -358,11 +360,12 @@ def fold_csvs(folds_dir, fold):
     """`(train_csv, val_csv)` file names of `fold` in a `make_folds` folder, checked to exist."""
     folds_dir = os.fspath(folds_dir)
     if not os.path.isfile(os.path.join(folds_dir, "folds.csv")):
-        raise FoldError(f"--folds-dir {folds_dir}: no folds.csv here (make the folds with keras-cxr kfold)")
+        raise FoldError(f"{{folds_dir}} {folds_dir}: no folds.csv here (make the folds with {{make_folds}})",
+                        folds_dir="folds_dir", make_folds="make_folds")
     names = (f"fold{fold}_train.csv", f"fold{fold}_val.csv")
     if fold < 0 or not all(os.path.isfile(os.path.join(folds_dir, n)) for n in names):
         made = sorted(int(m.group(1)) for m in map(_FOLD_VAL.fullmatch, os.listdir(folds_dir)) if m)
-        raise FoldError(f"--fold {fold}: {folds_dir} has folds {', '.join(map(str, made))}")
+        raise FoldError(f"{{fold}} {fold}: {folds_dir} has folds {', '.join(map(str, made))}", fold="fold")
     return names
 
 
@@ -384,7 +387,8 @@ def _run_fold(run_dir):
     if data.get("data_dir") is None or match is None:
         raise FoldError(
             f"{run_dir}: was not trained on a fold CSV (data.val_csv={data.get('val_csv')!r}, "
-            f"data.data_dir={data.get('data_dir')!r}); train with keras-cxr fit --folds-dir DIR --fold K"
+            f"data.data_dir={data.get('data_dir')!r}); train each fold on its {{fold_csvs}}",
+            fold_csvs="fold_csvs(folds_dir, k)",
         )
     fold = int(match.group(1))
     train_csv = os.path.basename(str(data.get("train_csv") or ""))

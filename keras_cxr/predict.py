@@ -107,7 +107,7 @@ def inference_mode(model):
 
 
 def _forward(model, x, views):
-    from keras_cxr.fast_ops import inference_call
+    from keras_cxr.accel import inference_call
 
     if not views:
         return np.asarray(_to_numpy(inference_call(model, x)), dtype=np.float32)

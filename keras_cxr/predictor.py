@@ -16,6 +16,7 @@ write_probabilities("test_probs.csv", probs.filenames, probs.values, probs.class
 ```
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.data import CXRDataset, read_table
 from keras_cxr.data.augment import Augmentation
 from keras_cxr.predict import predict_probs
@@ -57,12 +58,38 @@ def _read_run_recipe(model_path):
         raise ModelFileError(f"{recipe_path}: cannot be read as JSON ({e})") from None
 
 
+def mark_if_built_by_keras_cxr(model):
+    """Mark a loaded model for `keras_cxr.accel` when it has the shape `keras_cxr.models.build` gives.
+
+    A `.keras` file does not carry the mark `build` set, so a loaded model is
+    marked when its name is one of keras-cxr's own architectures
+    (`ModelSpec.accelerated`) and it has build's layout (input `images`, a
+    nested `backbone`, output `probs`). Returns the model.
+    """
+    from keras_cxr import models
+    from keras_cxr.accel import marks
+
+    if model.name not in models.names() or not models.spec(model.name).accelerated:
+        return model
+    layer_names = {layer.name for layer in model.layers}
+    if {"images", "backbone", "probs"} <= layer_names:
+        marks.mark(model)
+    return model
+
+
 def load_model_file(path):
-    """`keras.saving.load_model` with one clear error for unusable files."""
+    """`keras.saving.load_model` (safe mode, no compile) with one clear error for unusable files.
+
+    The model is marked for `keras_cxr.accel` when it is a keras-cxr
+    architecture (`mark_if_built_by_keras_cxr`) and prepared for it when
+    acceleration is on.
+    """
     import keras
 
-    import keras_cxr  # noqa: F401  (registers the custom layers, losses and metrics)
+    from keras_cxr import accel
+    from keras_cxr.serialization import register_serializables
 
+    register_serializables()
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a Keras model archive (the file is truncated or not a .keras file)")
@@ -70,10 +97,8 @@ def load_model_file(path):
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001  - Keras raises many types for broken archives
         raise ModelFileError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from None
-    from keras_cxr import fast_ops
-
-    fast_ops.prepare(model)  # faster inference; same outputs
-    return model
+    mark_if_built_by_keras_cxr(model)
+    return accel.prepare(model)  # faster inference; same outputs
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,7 +150,7 @@ class Predictor:
         return CXRDataset(table, self.image_size, batch_size=batch_size, augmentation=self.preprocessing)
 
 
-def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0):
+def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0, accelerate=True):
     """Average the probabilities of `models` over the rows of `csv_path`.
 
     Args:
@@ -137,10 +162,19 @@ def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verb
         tta: test-time augmentation, e.g. ``"rotate,zoom"`` (see `keras_cxr.tta`).
         batch_size: images per forward pass.
         verbose: 1 prints each model and a progress bar.
+        accelerate: run with `keras_cxr.accel` on (and off again after),
+            unless it is on already; same probabilities either way.
 
     Returns:
         `Probabilities` with rows in the CSV's order.
     """
+    from keras_cxr import accel
+
+    with accel.enabled() if accelerate else contextlib.nullcontext():
+        return _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose)
+
+
+def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose):
     views = parse_tta(tta)
     predictors = [m if isinstance(m, Predictor) else Predictor.load(m) for m in models]
     if not predictors:

@@ -22,7 +22,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
+from keras_cxr.errors import FieldError
 from keras_cxr.io import write_csv_atomic
 
 # Rows must sum to 1 within this; CSVs written with 6+ significant digits pass.
@@ -30,7 +31,7 @@ ROW_SUM_TOLERANCE = 1e-3
 _MAX_LISTED = 5
 
 
-class ProbabilityError(ValueError):
+class ProbabilityError(FieldError):
     """A probability file is unusable, or does not match the rows it should."""
 
 

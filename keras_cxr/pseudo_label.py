@@ -24,6 +24,8 @@ write_csv_atomic(frame, "pseudo.csv")
 import numpy as np
 import pandas as pd
 
+from keras_cxr.errors import FieldError
+
 
 def parse_thresholds(spec, class_names):
     """``"normal=0.92,bacteria=0.9,..."`` -> `{class: threshold}` for every class.
@@ -36,16 +38,18 @@ def parse_thresholds(spec, class_names):
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep:
-            raise ValueError(f"--thresholds: expected CLASS=VALUE, got {part.strip()!r}")
+            raise FieldError(f"{{thresholds}}: expected CLASS=VALUE, got {part.strip()!r}", thresholds="thresholds")
         if name not in class_names:
-            raise ValueError(f"--thresholds: unknown class {name!r}; classes are {', '.join(class_names)}")
+            raise FieldError(f"{{thresholds}}: unknown class {name!r}; classes are {', '.join(class_names)}",
+                             thresholds="thresholds")
         try:
             thresholds[name] = float(value)
         except ValueError:
-            raise ValueError(f"--thresholds: {name}={value.strip()!r} is not a number") from None
+            raise FieldError(f"{{thresholds}}: {name}={value.strip()!r} is not a number", thresholds="thresholds") from None
     missing = [c for c in class_names if c not in thresholds]
     if missing:
-        raise ValueError(f"--thresholds: no threshold for {', '.join(missing)} (give one for every class)")
+        raise FieldError(f"{{thresholds}}: no threshold for {', '.join(missing)} (give one for every class)",
+                         thresholds="thresholds")
     return thresholds
 
 
@@ -71,9 +75,9 @@ def select_pseudo_labels(probs, thresholds, max_per_class=None, weight=0.5):
         if not 0.0 < value <= 1.0:
             raise ValueError(f"threshold for {name} must be in (0, 1], got {value:g}")
     if not weight > 0:
-        raise ValueError(f"--weight must be > 0, got {weight:g}")
+        raise FieldError(f"{{weight}} must be > 0, got {weight:g}", weight="weight")
     if max_per_class is not None and max_per_class < 1:
-        raise ValueError(f"--max-per-class must be >= 1, got {max_per_class}")
+        raise FieldError(f"{{max_per_class}} must be >= 1, got {max_per_class}", max_per_class="max_per_class")
 
     predicted = probs.values.argmax(axis=1)
     confidence = probs.values.max(axis=1)

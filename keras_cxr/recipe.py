@@ -18,7 +18,7 @@ import runpy
 import traceback
 import typing
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.config import Config, ConfigError, unknown_field_error
 from keras_cxr.data.augment import Augmentation
 from keras_cxr.data.mixing import Mixing
@@ -203,7 +203,7 @@ class Recipe(Config):
         epochs: maximum number of epochs.
         batch_size: images per step.
         seed: seeds sampling, augmentation and weight initialisation.
-        output: run directory used when `keras-cxr fit` gets no `--out`.
+        output: run directory used when no other is given (`fit_recipe`'s `out_dir`).
     """
 
     data: Data = Data()
@@ -235,7 +235,8 @@ class Recipe(Config):
         if self.swa.start_epoch is not None and not 1 <= self.swa.start_epoch <= self.epochs:
             raise ConfigError(
                 f"SWA.start_epoch must be between 1 and epochs={self.epochs}, got {self.swa.start_epoch} "
-                "(with fewer epochs, also pass --set swa.start_epoch=none or an earlier epoch)"
+                "(with fewer epochs, also set {swa_off} or an earlier epoch)",
+                swa_off="swa.start_epoch=None",
             )
 
 
@@ -289,7 +290,7 @@ def _explain_type_error(error):
 
 
 def parse_value(text):
-    """Read a ``--set`` value: Python/JSON literals, else the bare string."""
+    """Read an override's value: Python/JSON literals, else the bare string."""
     lowered = text.strip().lower()
     if lowered in ("none", "null"):
         return None
@@ -302,17 +303,22 @@ def parse_value(text):
 
 
 def apply_overrides(recipe, assignments):
-    """Apply ``dotted.key=value`` strings (the CLI's ``--set``); later ones win."""
+    """Apply ``dotted.key=value`` strings (the CLI's ``--set``); later ones win.
+
+    Raises:
+        ConfigError: a malformed assignment or an unknown key; its field
+            `assignments` names this argument.
+    """
     values = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects dotted.key=value, got {assignment!r}")
+            raise ConfigError(f"{{assignments}} expects dotted.key=value, got {assignment!r}", assignments="assignments")
         try:
             Recipe._field_type(key)
         except ConfigError as e:
-            raise ConfigError(f"--set {assignment}: {e}") from None
+            raise ConfigError(f"{{assignments}} {assignment}: {e}", assignments="assignments") from None
         values[key] = parse_value(value)
     return recipe.with_values(values)
 

@@ -18,7 +18,8 @@ def set_seed(seed):
     from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
 
     global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
-    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    # Keras 3.12 names the attribute inline; later versions export the constant.
+    global_state.set_global_attribute(getattr(seed_generator, "GLOBAL_SEED_GENERATOR", "global_seed_generator"), None)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

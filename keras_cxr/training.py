@@ -14,6 +14,7 @@
   --resume`) continues from; deleted when the run finishes.
 """
 
+import contextlib
 import json
 import pathlib
 import time
@@ -22,8 +23,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_cxr import models
+from keras_cxr import accel, models
 from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, TrainingState, WarmupCosine
+from keras_cxr.errors import FieldError
 from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_table
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
@@ -31,12 +33,20 @@ from keras_cxr.losses import FocalLoss
 from keras_cxr.plots import plot_confusion_matrix, plot_history
 from keras_cxr.precision import set_precision
 from keras_cxr.predict import predict_with_labels
+from keras_cxr.predictor import mark_if_built_by_keras_cxr
 from keras_cxr.probabilities import write_probabilities
 from keras_cxr.seeding import set_seed
 
 
-class RunDirectoryError(ValueError):
-    """The output folder cannot be used."""
+class RunDirectoryError(FieldError):
+    """The output folder cannot be used (fields: `out_dir`, `overwrite`, `resume`)."""
+
+
+_RUN_FIELDS = {"out_dir": "out_dir", "overwrite": "overwrite=True", "resume": "resume=True"}
+
+
+def _run_directory_error(template):
+    return RunDirectoryError(template, **{k: v for k, v in _RUN_FIELDS.items() if "{" + k + "}" in template})
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,16 +84,16 @@ def prepare_run_directory(out_dir, overwrite=False):
     """Create `out_dir`, refusing to mix two runs' artifacts in one folder."""
     out = pathlib.Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"--out {out} exists and is not a folder")
+        raise _run_directory_error(f"{{out_dir}} {out} exists and is not a folder")
     if (out / STATE_FILE).exists() and not overwrite:
-        raise RunDirectoryError(
-            f"--out {out} holds an unfinished run ({STATE_FILE}); continue it with --resume, "
-            "or pass --overwrite to start again"
+        raise _run_directory_error(
+            f"{{out_dir}} {out} holds an unfinished run ({STATE_FILE}); continue it with {{resume}}, "
+            "or pass {overwrite} to start again"
         )
     if (out / "metrics.json").exists() and not overwrite:
-        raise RunDirectoryError(
-            f"--out {out} already holds a finished run (metrics.json); "
-            "choose another folder or pass --overwrite"
+        raise _run_directory_error(
+            f"{{out_dir}} {out} already holds a finished run (metrics.json); "
+            "choose another folder or pass {overwrite}"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +101,7 @@ def prepare_run_directory(out_dir, overwrite=False):
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise RunDirectoryError(f"--out {out} is not writable: {e.strerror or e}") from None
+        raise _run_directory_error(f"{{out_dir}} {out} is not writable: {e.strerror or e}") from None
     return out
 
 
@@ -99,23 +109,23 @@ def check_resumable(recipe, out_dir):
     """The run folder to continue: it must hold an unfinished run of the same recipe."""
     out = pathlib.Path(out_dir)
     if not out.is_dir():
-        raise RunDirectoryError(f"--resume: {out} does not exist; start the run without --resume")
+        raise _run_directory_error(f"{{resume}}: {out} does not exist; start the run without {{resume}}")
     if (out / "metrics.json").exists():
-        raise RunDirectoryError(f"--resume: {out} holds a finished run (metrics.json); nothing to continue")
+        raise _run_directory_error(f"{{resume}}: {out} holds a finished run (metrics.json); nothing to continue")
     if not (out / STATE_FILE).exists():
-        raise RunDirectoryError(
-            f"--resume: {out} has no {STATE_FILE}, so no epoch was completed; "
-            "start again without --resume (add --overwrite if the folder is not empty)"
+        raise _run_directory_error(
+            f"{{resume}}: {out} has no {STATE_FILE}, so no epoch was completed; "
+            "start again without {resume} (add {overwrite} if the folder is not empty)"
         )
     try:
         saved = json.loads((out / "recipe.json").read_text())
     except (OSError, ValueError) as e:
-        raise RunDirectoryError(f"--resume: cannot read {out / 'recipe.json'}: {e}") from None
+        raise _run_directory_error(f"{{resume}}: cannot read {out / 'recipe.json'}: {e}") from None
     current = json.loads(json.dumps(recipe.to_dict()))
     changed = _differences(saved, current)
     if changed:
-        raise RunDirectoryError(
-            f"--resume: the recipe differs from the run's recipe.json in {', '.join(changed)}; "
+        raise _run_directory_error(
+            f"{{resume}}: the recipe differs from the run's recipe.json in {', '.join(changed)}; "
             "resume with the same recipe file and options"
         )
     return out
@@ -233,9 +243,9 @@ def _restore(state):
     try:
         return state.restore()
     except Exception as e:  # noqa: BLE001  - a damaged or foreign snapshot, whatever the reader raised
-        raise RunDirectoryError(
-            f"--resume: {state.filepath} cannot be used ({type(e).__name__}: {e}); "
-            "start the run again with --overwrite"
+        raise _run_directory_error(
+            f"{{resume}}: {state.filepath} cannot be used ({type(e).__name__}: {e}); "
+            "start the run again with {overwrite}"
         ) from None
 
 
@@ -250,18 +260,24 @@ def _divergence_message(guard, checkpoint, steps_per_epoch, best_path):
             "or use precision=float32.")
 
 
-def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False):
+def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False, accelerate=True):
     """Train `recipe` and write its run directory; returns the metrics dict.
 
     With `resume=True`, continue the unfinished run in `out_dir` from its last
     completed epoch (`training_state.npz`); the recipe must equal the run's
     `recipe.json`. The continued run ends with the same weights and
-    probabilities as an uninterrupted one.
+    probabilities as an uninterrupted one. With `accelerate=True` the run
+    has `keras_cxr.accel` on (and off again after), unless it is on already.
     """
+    with accel.enabled() if accelerate else contextlib.nullcontext():
+        return _fit_recipe(recipe, out_dir, verbose, overwrite, resume)
+
+
+def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
     started = time.perf_counter()
     if resume:
         if overwrite:
-            raise RunDirectoryError("--resume and --overwrite cannot be combined")
+            raise _run_directory_error("{resume} and {overwrite} cannot be combined")
         out = check_resumable(recipe, out_dir)
     else:
         out = prepare_run_directory(out_dir, overwrite=overwrite)
@@ -353,7 +369,7 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False):
     if guard.tripped:
         raise TrainingDiverged(_divergence_message(guard, checkpoint, len(train_data), best_path))
 
-    best = keras.saving.load_model(best_path)
+    best = mark_if_built_by_keras_cxr(keras.saving.load_model(best_path))
     val_probs, val_targets = predict_with_labels(best, val_data)
     write_probabilities(out / "val_probs.csv", val_table.filenames, val_probs, class_names, recipe.data.filename_column)
     summary = classification_summary(val_targets.argmax(axis=1), val_probs, class_names)

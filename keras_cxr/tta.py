@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from keras_cxr.data.augment import affine_matrix, warp_affine
+from keras_cxr.errors import FieldError
 
 ROTATE_DEGREES = 5.0
 ZOOM_FACTOR = 1.05
@@ -82,6 +83,6 @@ def parse_tta(spec):
     for name in dict.fromkeys(names):
         if name not in _VIEWS:
             hint = " (flips are left out on purpose: the heart is on the left)" if "flip" in name else ""
-            raise ValueError(f"--tta: unknown view {name!r}; choose from {', '.join(TTA_CHOICES)}{hint}")
+            raise FieldError(f"{{tta}}: unknown view {name!r}; choose from {', '.join(TTA_CHOICES)}{hint}", tta="tta")
         views.extend(_VIEWS[name])
     return tuple(views)

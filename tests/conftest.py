@@ -29,3 +29,13 @@ def _float32_policy():
 
     yield
     keras.mixed_precision.set_dtype_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _acceleration_off_after_each_test():
+    """A test that leaves `keras_cxr.accel` on would speed up, and change, the tests after it."""
+    yield
+    from keras_cxr import accel
+
+    if accel.active():
+        accel.disable()

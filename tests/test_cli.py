@@ -87,3 +87,21 @@ def test_readme_model_fit_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"best val Macro-F1 \d\.\d{3} at epoch \d, saved to", result.stdout)
     assert out.exists()
+
+
+LIGHT_COMMANDS = """
+import sys
+from click.testing import CliRunner
+from keras_cxr.cli import main
+runner = CliRunner()
+for args in (["--help"], ["models"], ["fit", "--help"]):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, (args, result.output)
+print("swin_t" in runner.invoke(main, ["models"]).output, "torch" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_help_and_models_import_neither_torch_nor_keras():
+    result = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "False", "False"]

@@ -158,8 +158,8 @@ def test_group_by_column_errors(tmp_path):
 def test_no_groups_warns_and_each_image_is_a_group(tmp_path):
     csv = write_table(tmp_path, patient_rows(patients=2, per_patient=2))
     summary = make_folds(csv, tmp_path / "folds", folds=2)
-    warning = summary.attrs["warning"]
-    assert warning.startswith(NO_GROUPS_WARNING) and "group_by='patient_id'" in warning
+    warning = str(summary.attrs["warning"])
+    assert warning.startswith(NO_GROUPS_WARNING) and "group_by 'patient_id'" in warning
     folds = pd.read_csv(tmp_path / "folds" / "folds.csv")
     assert folds["group"].tolist() == folds["new_filename"].tolist()
     assert json.loads((tmp_path / "folds" / "folds.json").read_text())["warning"] == warning

@@ -77,7 +77,7 @@ def test_overrides_convert_types_and_reject_unknown_keys():
     assert recipe.epochs == 3 and recipe.model.image_size == 96
     assert recipe.loss.alpha == (1.0, 1.0, 2.0, 4.0)
     assert recipe.swa.start_epoch == 2 and recipe.data.data_dir == "/tmp/x"
-    with pytest.raises(ConfigError, match=r"--set optimizer.learning_rat=1: unknown field 'optimizer.learning_rat' in Optimizer; did you mean 'learning_rate'"):
+    with pytest.raises(ConfigError, match=r"assignments optimizer.learning_rat=1: unknown field 'optimizer.learning_rat' in Optimizer; did you mean 'learning_rate'"):
         apply_overrides(Recipe(), ["optimizer.learning_rat=1"])
     with pytest.raises(ConfigError, match=r"unknown field 'optimiser' in Recipe; did you mean 'optimizer'"):
         apply_overrides(Recipe(), ["optimiser.learning_rate=1"])

@@ -14,7 +14,7 @@ import pytest
 from keras_cxr.callbacks.training_state import read_epochs_done
 from keras_cxr.recipe import SWA
 from keras_cxr.training import STATE_FILE, RunDirectoryError, fit_recipe
-from test_training import tiny_recipe
+from tests.test_training import tiny_recipe
 
 RECIPE = '''
 from keras_cxr.data import Augmentation, Mixing
@@ -118,7 +118,7 @@ def test_resume_refuses_a_changed_recipe_a_finished_run_and_a_run_without_an_epo
     (out / STATE_FILE).write_bytes(b"")  # pretend the run stopped early
     with pytest.raises(RunDirectoryError, match=r"epochs \(1 -> 2\)"):
         fit_recipe(recipe, out, verbose=0, resume=True)
-    damaged = "training_state.npz cannot be used .*start the run again with --overwrite"
+    damaged = "resume=True: .*training_state.npz cannot be used .*start the run again with overwrite=True"
     with pytest.raises(RunDirectoryError, match=damaged):
         fit_recipe(recipe.replace(epochs=1), out, verbose=0, resume=True)  # same recipe, damaged snapshot
     with pytest.raises(RunDirectoryError, match="unfinished run"):

@@ -30,7 +30,8 @@ def _rows_to_predict(test_paths, class_names):
 def _groups(labels_csv, table, column):
     frame = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     if column not in frame.columns:
-        raise ProbabilityError(f"--group-by {column}: no such column in {labels_csv} (columns: {list(frame.columns)})")
+        raise ProbabilityError(f"{{group_by}} {column}: no such column in {labels_csv} (columns: {list(frame.columns)})",
+                               group_by="group_by")
     by_name = dict(zip(frame["new_filename"].str.strip(), frame[column].str.strip()))
     return np.array([by_name[f] for f in table.filenames])
 
@@ -59,13 +60,14 @@ def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specif
             counts, or rows to predict that also appear among the labeled
             rows (fitting on them would leak their labels).
     """
-    from keras_cxr.blend import fit_blend
+    from keras_cxr.blend.selection import fit_blend
 
     val_paths, test_paths = [os.fspath(p) for p in val_paths], [os.fspath(p) for p in test_paths]
     if len(val_paths) != len(test_paths):
         raise ProbabilityError(
-            f"{len(val_paths)} --val file(s) but {len(test_paths)} --test file(s): give each model's "
-            "labeled-row and to-predict probabilities, in the same model order"
+            f"{len(val_paths)} {{val_paths}} file(s) but {len(test_paths)} {{test_paths}} file(s): give each model's "
+            "labeled-row and to-predict probabilities, in the same model order",
+            val_paths="val_paths", test_paths="test_paths",
         )
     table, labeled = _labeled_rows(val_paths, labels_csv)
     filenames, to_predict = _rows_to_predict(test_paths, table.class_names)

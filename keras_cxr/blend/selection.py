@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.blend._arrays import check_groups, check_labels, check_names, check_probs
 from keras_cxr.blend.blender import BLEND_METHODS, Blender
 from keras_cxr.blend.crossval import _cross_validate, split_rows

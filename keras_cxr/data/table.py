@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from keras_cxr import CLASS_NAMES
+from keras_cxr.constants import CLASS_NAMES
 
 LABEL_MODES = ("auto", "required", "ignore")
 _MAX_LISTED_MISSING = 20

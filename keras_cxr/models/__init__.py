@@ -2,12 +2,20 @@
 
 `build(name, ...)` returns a functional `keras.Model` mapping 0-255 RGB images
 to class probabilities; `names()` lists the names and `spec(name)` describes
-one. Importing this package registers the custom layers that saved models
-need, and does not import keras_hub (families import it when they build).
+one. Importing this package and listing or describing names imports neither
+Keras, keras_hub nor torch: `build` and the family builders import them.
+
+The custom layers (`ImageNetNormalization`, `ClassTokenPooling`,
+`DINOV2Features`) live in `keras_cxr.models.layers`, which imports Keras and
+registers them for `keras.saving.load_model`. It is imported on first access
+to one of them here, by any `build`, and at once by this import when Keras is
+already loaded.
 """
 
-from keras_cxr.models.layers import ClassTokenPooling, ImageNetNormalization
-from keras_cxr.models.registry import ModelSpec, build, names, spec
+import importlib
+import sys
+
+from keras_cxr.models.registry import ModelSpec, build, names, register, register_family, spec
 
 # Importing the family modules registers their names.
 from keras_cxr.models import convnext  # noqa: F401
@@ -17,4 +25,21 @@ from keras_cxr.models import efficientnet_rw  # noqa: F401
 from keras_cxr.models import efficientnet_v2  # noqa: F401
 from keras_cxr.models import swin  # noqa: F401
 
-__all__ = ["ClassTokenPooling", "ImageNetNormalization", "ModelSpec", "build", "names", "spec"]
+_LAYERS = ("ClassTokenPooling", "DINOV2Features", "ImageNetNormalization")
+
+if "keras" in sys.modules:
+    # Keras costs nothing more now, and `keras_cxr.register_serializables()`
+    # (which imports this package) then registers the custom layers.
+    from keras_cxr.models import layers  # noqa: F401
+
+
+def __getattr__(name):
+    if name == "layers":
+        return importlib.import_module("keras_cxr.models.layers")
+    if name in _LAYERS:
+        return getattr(importlib.import_module("keras_cxr.models.layers"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ClassTokenPooling", "DINOV2Features", "ImageNetNormalization", "ModelSpec", "build", "names", "register",
+           "register_family", "spec"]

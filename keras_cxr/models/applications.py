@@ -3,9 +3,9 @@
 A family maps its pretrained names to `keras.applications` constructors and
 builds its tiny test variant with the same Keras code; `backbone` builds
 either one from a weights source and wraps it as the nested "backbone".
+The tables hold constructor names, not functions, so that registering the
+families does not import Keras; `backbone` imports it.
 """
-
-import keras
 
 from keras_cxr.models import weights as weights_lib
 
@@ -44,6 +44,8 @@ def backbone(name, image_size, source, constructors, build_tiny, /, **kwargs):
     ):
         pretrained = ["'imagenet'"] if name in constructors else []
         raise weights_lib.unsupported(source, name, ["None", *pretrained, "a .weights.h5 file"])
+    import keras
+
     common = {"include_top": False, "input_shape": (image_size, image_size, 3), **kwargs}
     if name in constructors:
         constructor = getattr(keras.applications, constructors[name])

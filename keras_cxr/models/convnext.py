@@ -73,4 +73,5 @@ register_family(
         ("tiny_convnext", 64, 0.2, "52.3k", "Four-stage, one-block-per-stage ConvNeXt for tests."),
     ],
     pretrained=applications.pretrained_labels(_APPLICATIONS),
+    accelerated=True,
 )

@@ -6,8 +6,6 @@ conv+BN with a 1x1 conv+BN projection shortcut where the stride or width
 changes. Inputs are 0-255 pixels, rescaled to [-1, 1] inside.
 """
 
-import keras
-
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.registry import register_family
 
@@ -18,6 +16,8 @@ BN_MOMENTUM = 0.9
 
 
 def _conv_bn(x, filters, kernel_size, strides, name, relu=True):
+    import keras
+
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", use_bias=False,
         kernel_initializer="he_normal", name=f"{name}_conv",
@@ -32,6 +32,8 @@ def _conv_bn(x, filters, kernel_size, strides, name, relu=True):
 
 
 def _basic_block(x, filters, strides, name):
+    import keras
+
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", relu=False)
@@ -67,6 +69,8 @@ def cxr_resnet_backbone(
             f"widths and blocks need the same, non-zero length and blocks >= 1; "
             f"got widths={widths}, blocks={blocks}"
         )
+    import keras
+
     images = keras.Input((image_size, image_size, 3), name="images")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(images)
     x = _conv_bn(x, stem_width, 3, 2, "stem")
@@ -80,6 +84,8 @@ def cxr_resnet_backbone(
 def _features(images, name, image_size, source):
     if source.kind not in (weights_lib.NONE, weights_lib.FILE):
         raise weights_lib.unsupported(source, name, ["None", "a .weights.h5 file"])
+    import keras
+
     backbone = cxr_resnet_backbone(image_size)
     if source.kind == weights_lib.FILE:
         weights_lib.load_file(backbone, source.path, name)
@@ -94,4 +100,5 @@ register_family(
         # name, default image size, default dropout, params, description
         ("cxr_resnet", 128, 0.2, "1.23M", "Small ResNet (basic blocks, widths 32-256) for CPU training."),
     ],
+    accelerated=True,
 )

@@ -4,15 +4,13 @@ Classification uses the final CLS token; `image_size` must be a multiple of
 14. Position embeddings pretrained at 518 px are interpolated to `image_size`
 once, when the model is built, and the model nests a `DINOV2Features`: a
 `DINOV2Backbone` re-based to that size, which saves and reloads exactly
-(keras-hub's own does not once its position embeddings are trained). keras_hub
-is imported only when a backbone is built.
+(keras-hub's own does not once its position embeddings are trained; the
+class lives in `keras_cxr.models.layers`). keras, keras_hub and the custom
+layers are imported only when a backbone is built.
 """
-
-import keras
 
 from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
-from keras_cxr.models.layers import ClassTokenPooling, ImageNetNormalization
 from keras_cxr.models.registry import register_family
 
 PATCH_SIZE = 14
@@ -52,73 +50,6 @@ def check_image_size(name, image_size):
         )
 
 
-@keras.saving.register_keras_serializable(package="keras_cxr")
-class DINOV2Features(keras.Model):
-    """A keras-hub `DINOV2Backbone` fixed at one input size that saves exactly.
-
-    keras-hub's `DINOV2Embedding` holds `position_embeddings` at the
-    pretraining size and the trainable `interpolated_position_embeddings` that
-    it uses. Saving writes the first (resized back from the second, and only
-    when a signed sum of differences is positive); loading recomputes the
-    second from the first. Fine-tuned position embeddings thus change on
-    reload. Here `position_embedding_shape` equals `image_shape`, so the two
-    have one size, and the used embeddings are copied into
-    `position_embeddings` before every save: reloading is exact.
-
-    It is a functional model over the layers of a `DINOV2Backbone` built from
-    `backbone_config` (same weights layout), called on an images tensor (not
-    a dict), returning tokens `(batch, 1 + patches, hidden_dim)`.
-
-    Args:
-        backbone_config: `DINOV2Backbone` arguments, e.g. its `get_config()`;
-            `position_embedding_shape` is replaced by `image_shape`.
-        **kwargs: `keras.Model` arguments (`name`, `trainable`).
-
-    Example:
-    ```python
-    features = DINOV2Features(
-        {"patch_size": 14, "num_layers": 2, "hidden_dim": 32, "num_heads": 2,
-         "intermediate_dim": 64, "image_shape": (56, 56, 3)},
-        name="backbone",
-    )
-    tokens = features(np.zeros((1, 56, 56, 3)))  # (1, 17, 32)
-    ```
-    """
-
-    def __init__(self, backbone_config, **kwargs):
-        import keras_hub
-
-        config = {k: v for k, v in backbone_config.items() if k not in ("name", "trainable")}
-        config["image_shape"] = tuple(config["image_shape"])
-        config["position_embedding_shape"] = config["image_shape"]
-        backbone = keras_hub.models.DINOV2Backbone(**config)
-        super().__init__(inputs=backbone.inputs[0], outputs=backbone.outputs[0], **kwargs)
-        self.backbone_config = config
-        self.embeddings = backbone.embeddings
-        if config.get("use_mask_token", True):
-            # Only masked-image pretraining uses it; frozen, it gets no
-            # "gradients do not exist" warning at every training step.
-            self.embeddings.mask_token.trainable = False
-
-    def save_own_variables(self, store):
-        # Keras saves a model's own variables before its layers' variables.
-        self.embeddings.position_embeddings.assign(
-            self.embeddings.interpolated_position_embeddings
-        )
-        super().save_own_variables(store)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone_config": self.backbone_config,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-
 def rebase(backbone):
     """A `DINOV2Features` named "backbone" with the weights of a `DINOV2Backbone`.
 
@@ -130,6 +61,8 @@ def rebase(backbone):
     features = rebase(dinov2_hub_backbone("tiny_dinov2", 56))
     ```
     """
+    from keras_cxr.models.layers import DINOV2Features
+
     features = DINOV2Features(backbone.get_config(), name="backbone")
     source_embeddings = backbone.embeddings
     if len(backbone.weights) != len(features.weights):
@@ -195,6 +128,8 @@ def dinov2_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
     backbone = dinov2_backbone("tiny_dinov2", 56)
     ```
     """
+    from keras_cxr.models.layers import DINOV2Features
+
     check_image_size(name, image_size)
     if source.kind == weights_lib.NONE:
         return DINOV2Features(_arch(name, image_size, rebased=True), name="backbone")
@@ -215,6 +150,8 @@ def dinov2_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
 
 def _features(images, name, image_size, source):
     check_image_size(name, image_size)  # before the slow keras_hub import
+    from keras_cxr.models.layers import ClassTokenPooling, ImageNetNormalization
+
     x = ImageNetNormalization(name="normalize")(images)
     tokens = dinov2_backbone(name, image_size, source)(x)
     return ClassTokenPooling(name="pool")(tokens)
@@ -233,4 +170,14 @@ register_family(
         ("tiny_dinov2", 56, 0.2, "37.4k", "Two-layer DINOv2 ViT (patch 14) for tests."),
     ],
     pretrained=hub.pretrained_labels(PRESETS),
+    accelerated=True,
 )
+
+
+def __getattr__(name):
+    # DINOV2Features moved to keras_cxr.models.layers; keep the old name working.
+    if name == "DINOV2Features":
+        from keras_cxr.models import layers
+
+        return layers.DINOV2Features
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,14 +9,12 @@ the wrong top width (1280 instead of rw_s/rw_m's 1792). Two workarounds:
   layers' configs are complete;
 - presets are loaded with the two fields passed explicitly.
 
-keras_hub is imported only inside the functions that build a backbone.
+keras, keras_hub and the custom layers are imported only inside the
+functions that build a backbone.
 """
-
-import keras
 
 from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
-from keras_cxr.models.layers import ImageNetNormalization
 from keras_cxr.models.registry import register_family
 
 # Hyper-parameters of keras-hub's timm conversion
@@ -143,11 +141,17 @@ def efficientnet_rw_backbone(name, image_size, source=weights_lib.WeightsSource(
     backbone = efficientnet_rw_backbone("tiny_effv2_rw", 64)
     ```
     """
+    import keras
+
     hub_backbone = efficientnet_rw_hub_backbone(name, image_size, source)
     return keras.Model(hub_backbone.inputs[0], hub_backbone.outputs[0], name="backbone")
 
 
 def _features(images, name, image_size, source):
+    import keras
+
+    from keras_cxr.models.layers import ImageNetNormalization
+
     x = ImageNetNormalization(name="normalize")(images)
     x = efficientnet_rw_backbone(name, image_size, source)(x)
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -166,4 +170,5 @@ register_family(
         ("tiny_effv2_rw", 64, 0.2, "11.5k", "Three-stage keras-hub EfficientNetBackbone for tests."),
     ],
     pretrained=hub.pretrained_labels(PRESETS),
+    accelerated=True,
 )

@@ -4,8 +4,6 @@ keras.applications' EfficientNetV2 rescales 0-255 input itself
 (`include_preprocessing=True`), so no normalisation layer is added here.
 """
 
-import keras
-
 from keras_cxr.models import applications
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.registry import register_family
@@ -61,6 +59,8 @@ def efficientnet_v2_backbone(name, image_size, source=weights_lib.WeightsSource(
 
 
 def _features(images, name, image_size, source):
+    import keras
+
     x = efficientnet_v2_backbone(name, image_size, source)(images)
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
@@ -79,4 +79,5 @@ register_family(
          "Three-stage EfficientNetV2 (keras.applications code) for tests."),
     ],
     pretrained=applications.pretrained_labels(_APPLICATIONS),
+    accelerated=True,
 )

@@ -1,7 +1,5 @@
 """The classification head shared by every keras-cxr model."""
 
-import keras
-
 
 def classification_head(features, num_classes, dropout):
     """Dropout -> Dense logits -> softmax, in float32 under mixed precision.
@@ -20,6 +18,8 @@ def classification_head(features, num_classes, dropout):
     probs = classification_head(features, num_classes=4, dropout=0.25)
     ```
     """
+    import keras
+
     x = keras.layers.Dropout(dropout, name="head_dropout")(features)
     # float32 logits/softmax keep the probabilities (and the loss) accurate
     # when the rest of the model runs in float16.

@@ -1,8 +1,11 @@
 """Custom layers of keras-cxr models.
 
-Registered under the ``keras_cxr`` package so that ``keras.saving.load_model``
-finds them after ``import keras_cxr``. This module must stay free of
-``keras_hub`` imports: it is imported by ``import keras_cxr``.
+Registered under the ``keras_cxr`` package (``keras_cxr>ClassName``) when
+this module is imported, so that ``keras.saving.load_model`` finds them; see
+`keras_cxr.register_serializables`. It imports Keras, so `keras_cxr.models`
+imports it only on first use (builders, or its `ImageNetNormalization` /
+`ClassTokenPooling` / `DINOV2Features` attributes). It does not import
+``keras_hub`` at module level: `DINOV2Features` imports it when built.
 """
 
 import keras
@@ -68,3 +71,70 @@ class ClassTokenPooling(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="keras_cxr")
+class DINOV2Features(keras.Model):
+    """A keras-hub `DINOV2Backbone` fixed at one input size that saves exactly.
+
+    keras-hub's `DINOV2Embedding` holds `position_embeddings` at the
+    pretraining size and the trainable `interpolated_position_embeddings` that
+    it uses. Saving writes the first (resized back from the second, and only
+    when a signed sum of differences is positive); loading recomputes the
+    second from the first. Fine-tuned position embeddings thus change on
+    reload. Here `position_embedding_shape` equals `image_shape`, so the two
+    have one size, and the used embeddings are copied into
+    `position_embeddings` before every save: reloading is exact.
+
+    It is a functional model over the layers of a `DINOV2Backbone` built from
+    `backbone_config` (same weights layout), called on an images tensor (not
+    a dict), returning tokens `(batch, 1 + patches, hidden_dim)`.
+
+    Args:
+        backbone_config: `DINOV2Backbone` arguments, e.g. its `get_config()`;
+            `position_embedding_shape` is replaced by `image_shape`.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Example:
+    ```python
+    features = DINOV2Features(
+        {"patch_size": 14, "num_layers": 2, "hidden_dim": 32, "num_heads": 2,
+         "intermediate_dim": 64, "image_shape": (56, 56, 3)},
+        name="backbone",
+    )
+    tokens = features(np.zeros((1, 56, 56, 3)))  # (1, 17, 32)
+    ```
+    """
+
+    def __init__(self, backbone_config, **kwargs):
+        import keras_hub
+
+        config = {k: v for k, v in backbone_config.items() if k not in ("name", "trainable")}
+        config["image_shape"] = tuple(config["image_shape"])
+        config["position_embedding_shape"] = config["image_shape"]
+        backbone = keras_hub.models.DINOV2Backbone(**config)
+        super().__init__(inputs=backbone.inputs[0], outputs=backbone.outputs[0], **kwargs)
+        self.backbone_config = config
+        self.embeddings = backbone.embeddings
+        if config.get("use_mask_token", True):
+            # Only masked-image pretraining uses it; frozen, it gets no
+            # "gradients do not exist" warning at every training step.
+            self.embeddings.mask_token.trainable = False
+
+    def save_own_variables(self, store):
+        # Keras saves a model's own variables before its layers' variables.
+        self.embeddings.position_embeddings.assign(
+            self.embeddings.interpolated_position_embeddings
+        )
+        super().save_own_variables(store)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone_config": self.backbone_config,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

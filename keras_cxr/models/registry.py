@@ -6,14 +6,19 @@ name into a functional `keras.Model`:
     images (0-255 RGB) -> [normalisation] -> backbone -> pooling
         -> Dropout -> Dense("logits", float32) -> softmax("probs", float32)
 
-The nested backbone is always the layer named ``"backbone"``.
+The nested backbone is always the layer named ``"backbone"``. Models of
+keras-cxr's own families (`ModelSpec.accelerated`) are marked for
+`keras_cxr.accel`, and every built model goes through `keras_cxr.accel.prepare`.
+
+Registering and looking up names imports neither Keras nor torch: `build`
+imports Keras, and the builders import what they need.
 """
 
 import dataclasses
 import difflib
 
-import keras
-
+from keras_cxr import accel
+from keras_cxr.accel import marks
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.head import classification_head
 
@@ -32,6 +37,9 @@ class ModelSpec:
             rounded, e.g. "20.3M"; Keras counts BatchNorm statistics too.
         pretrained: where `weights="imagenet"` loads from, or None if the
             model has no pretrained weights.
+        accelerated: keras-cxr's own architecture: `build` marks it so
+            keras_cxr.accel may walk its graph and trace it; user
+            registrations stay unmarked unless they set it.
     """
 
     name: str
@@ -41,6 +49,7 @@ class ModelSpec:
     description: str
     params: str
     pretrained: str | None = None
+    accelerated: bool = False
 
 
 _REGISTRY = {}
@@ -66,7 +75,7 @@ def register(spec, builder):
     _REGISTRY[spec.name] = (spec, builder)
 
 
-def register_family(family, builder, rows, pretrained=None):
+def register_family(family, builder, rows, pretrained=None, accelerated=False):
     """Register the names of one family, all built by `builder`.
 
     Args:
@@ -76,6 +85,8 @@ def register_family(family, builder, rows, pretrained=None):
             description)` tuple per name: its `ModelSpec` fields.
         pretrained: name -> its `ModelSpec.pretrained`; names not in it have
             no pretrained weights.
+        accelerated: their `ModelSpec.accelerated` (True only for
+            keras-cxr's own families).
 
     Example:
     ```python
@@ -85,7 +96,10 @@ def register_family(family, builder, rows, pretrained=None):
     pretrained = pretrained or {}
     for name, image_size, dropout, params, description in rows:
         register(
-            ModelSpec(name, family, image_size, dropout, description, params, pretrained.get(name)),
+            ModelSpec(
+                name, family, image_size, dropout, description, params, pretrained.get(name),
+                accelerated,
+            ),
             builder,
         )
 
@@ -151,7 +165,8 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
             `model.get_layer("backbone").save_weights(path)`).
 
     Returns:
-        A functional `keras.Model` named after `name`.
+        A functional `keras.Model` named after `name`, marked for
+        `keras_cxr.accel` when `spec(name).accelerated`.
 
     Raises:
         ValueError: unknown name, bad argument, missing path, or weights that
@@ -174,11 +189,13 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     source = weights_lib.resolve(weights)
 
+    import keras
+
     images = keras.Input((image_size, image_size, 3), name="images")
     features = builder(images, name, image_size, source)
     probs = classification_head(features, num_classes, float(dropout))
     model = keras.Model(images, probs, name=name)
-    from keras_cxr import fast_ops
-
-    fast_ops.prepare(model)
+    if model_spec.accelerated:
+        marks.mark(model)
+    accel.prepare(model)
     return model

@@ -2,15 +2,12 @@
 
 The model nests the `SwinTransformerBackbone` object itself: its config is
 complete, whereas a plain functional copy of its graph cannot be saved
-(keras-hub's `PatchEmbedding.get_config()` fails). keras_hub is imported only
-inside the functions that build a backbone.
+(keras-hub's `PatchEmbedding.get_config()` fails). keras, keras_hub and the
+custom layers are imported only inside the functions that build a backbone.
 """
-
-import keras
 
 from keras_cxr.models import hub
 from keras_cxr.models import weights as weights_lib
-from keras_cxr.models.layers import ImageNetNormalization
 from keras_cxr.models.registry import register_family
 
 # The architectures of the keras-hub presets below (patch 4, MLP ratio 4).
@@ -37,7 +34,22 @@ PRESETS = {
 PATCH_SIZE = 4
 
 
-def check_image_size(name, image_size):
+def window_size(name, image_size, source=weights_lib.WeightsSource("none")):
+    """The attention window of Swin variant `name` at `image_size`.
+
+    The variant's own window (7, or 12 for Swin-L) when the image is large
+    enough for it; from scratch, a smaller image gets a window as wide as its
+    last stage (4 for Swin-T at 128 px, as with timm's `window_size=4`).
+    Pretrained weights fix the window (its relative-position tables).
+    """
+    arch = ARCHS[name]
+    stride = PATCH_SIZE * 2 ** (len(arch["depths"]) - 1)
+    if source.kind == weights_lib.NONE and image_size % stride == 0 and 0 < image_size // stride < arch["window_size"]:
+        return image_size // stride
+    return arch["window_size"]
+
+
+def check_image_size(name, image_size, source=weights_lib.WeightsSource("none")):
     """Raise ValueError unless `image_size` fits the Swin variant `name`.
 
     keras-hub's Swin needs every stage's resolution to halve exactly, and the
@@ -45,11 +57,13 @@ def check_image_size(name, image_size):
     """
     arch = ARCHS[name]
     stride = PATCH_SIZE * 2 ** (len(arch["depths"]) - 1)
-    smallest = stride * arch["window_size"]
+    window = window_size(name, image_size, source)
+    smallest = stride * window
     if image_size % stride or image_size < smallest:
+        fixed = " (pretrained weights fix the window)" if source.kind != weights_lib.NONE else ""
         raise ValueError(
             f"{name} needs image_size to be a multiple of {stride} and at least "
-            f"{smallest} (window {arch['window_size']}), got {image_size}"
+            f"{smallest} (window {window}{fixed}), got {image_size}"
         )
 
 
@@ -74,9 +88,10 @@ def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
     """
     import keras_hub
 
-    check_image_size(name, image_size)
+    check_image_size(name, image_size, source)
     shape = (image_size, image_size, 3)
-    config = {"image_shape": shape, "patch_size": PATCH_SIZE, "name": "backbone", **ARCHS[name]}
+    config = {"image_shape": shape, "patch_size": PATCH_SIZE, "name": "backbone", **ARCHS[name],
+              "window_size": window_size(name, image_size, source)}
     return hub.backbone(
         keras_hub.models.SwinTransformerBackbone, name, source, PRESETS, config,
         image_shape=shape, name="backbone",
@@ -84,7 +99,11 @@ def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
 
 
 def _features(images, name, image_size, source):
-    check_image_size(name, image_size)  # before the slow keras_hub import
+    check_image_size(name, image_size, source)  # before the slow keras_hub import
+    import keras
+
+    from keras_cxr.models.layers import ImageNetNormalization
+
     x = ImageNetNormalization(name="normalize")(images)
     x = swin_backbone(name, image_size, source)(x)
     return keras.layers.GlobalAveragePooling1D(name="pool")(x)
@@ -104,4 +123,5 @@ register_family(
         ("tiny_swin", 64, 0.2, "35.5k", "Two-stage Swin Transformer (window 4) for tests."),
     ],
     pretrained=hub.pretrained_labels(PRESETS),
+    accelerated=True,
 )

@@ -1,11 +1,12 @@
-"""keras_cxr.fast_random draws Keras's own random numbers from seed generators."""
+"""`keras_cxr.accel.seeds` draws Keras's own random numbers from seed generators."""
 
 import keras
 import numpy as np
 import torch
 from keras.src.backend.torch import random as torch_random
 
-from keras_cxr import fast_random
+from keras_cxr.accel import seeds
+from tests.accel.helpers import both
 
 
 def draws(generator, extra_assign=False):
@@ -20,18 +21,13 @@ def draws(generator, extra_assign=False):
     return [keras.ops.convert_to_numpy(t) for t in out] + [keras.ops.convert_to_numpy(generator.state.value)]
 
 
-def test_installed():
-    assert torch_random.torch_seed_generator is fast_random._torch_seed_generator
+def test_installed_while_enabled(accelerated):
+    assert torch_random.torch_seed_generator is seeds._torch_seed_generator
 
 
 def test_seeded_draws_equal_keras_including_after_an_outside_assign():
     for extra_assign in (False, True):
-        fast = draws(keras.random.SeedGenerator(5), extra_assign)
-        fast_random.uninstall()
-        try:
-            reference = draws(keras.random.SeedGenerator(5), extra_assign)
-        finally:
-            fast_random.install()
+        reference, fast = both(lambda: draws(keras.random.SeedGenerator(5), extra_assign))
         assert len(fast) == len(reference) == 8
         for a, b in zip(fast, reference):
             np.testing.assert_array_equal(a, b)
@@ -39,7 +35,7 @@ def test_seeded_draws_equal_keras_including_after_an_outside_assign():
     assert not np.array_equal(draws(keras.random.SeedGenerator(5))[3], draws(keras.random.SeedGenerator(5), True)[3])
 
 
-def test_state_advances_on_the_device_copy():
+def test_state_advances_on_the_device_copy(accelerated):
     generator = keras.random.SeedGenerator(9)
     start = keras.ops.convert_to_numpy(generator.state.value).copy()
     for _ in range(4):

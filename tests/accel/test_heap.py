@@ -1,8 +1,7 @@
-"""`keras_cxr.fast_alloc`: importing keras_cxr makes a step's re-allocations page-fault free.
+"""`keras_cxr.accel.heap`: a step's re-allocations stop page-faulting, only where asked for.
 
 Page faults are counted (`ru_minflt`), not timed. Each case runs in a fresh
-interpreter: glibc's settings are process-wide and this test process already
-has keras_cxr's.
+interpreter: glibc's settings are process-wide and cannot be undone.
 """
 
 import os
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="fast_alloc sets glibc's malloc")
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap setting is glibc's malloc")
 
 PAGES = 96 * 2**20 // 4096
 
@@ -22,12 +21,14 @@ PAGES = 96 * 2**20 // 4096
 SCRIPT = f"""
 import resource, sys, torch
 torch.set_num_threads(1)
-fast_ops_on = False
-if sys.argv[1] != "plain":
-    import keras_cxr
-    from keras_cxr import fast_alloc, fast_ops
-    assert fast_alloc.installed() == (sys.argv[1] == "keras_cxr")
-    fast_ops_on = fast_ops.installed()
+mode = sys.argv[1]
+if mode != "plain":
+    import keras_cxr, keras_cxr.models
+    from keras_cxr import accel
+    if mode == "enable":
+        accel.enable()
+    elif mode == "keep":
+        assert accel.keep_freed_memory()
 faults = []
 for step in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -35,37 +36,28 @@ for step in range(8):
     b = torch.empty({PAGES * 1024 // 3}).fill_(2.0)
     del a, b
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(int(fast_ops_on), max(faults[4:]))
+print(max(faults[4:]))
 """
 
 
-def _run(mode, env=None):
-    """(whether keras-cxr's fast ops are on, the most page faults of a steady-state step)."""
-    result = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **(env or {})})
+def _faults(mode):
+    """The most page faults of a steady-state step."""
+    result = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    fast_ops_on, faults = result.stdout.split()[-2:]
-    return fast_ops_on == "1", int(faults)
+    return int(result.stdout.split()[-1])
 
 
 def test_glibc_defaults_fault_every_page_of_a_large_block_every_step():
-    # The premise: without keras_cxr, glibc maps a 96 MB block afresh each time.
-    assert _run("plain")[1] >= PAGES
+    assert _faults("plain") >= PAGES  # the premise: glibc maps a 96 MB block afresh each time
 
 
-def test_importing_keras_cxr_keeps_freed_blocks_for_the_next_step():
-    fast_ops_on, faults = _run("keras_cxr")
-    assert fast_ops_on and faults < PAGES // 100
+def test_importing_keras_cxr_or_enabling_the_patches_leaves_glibc_alone():
+    assert _faults("import") >= PAGES
+    assert _faults("enable") >= PAGES
 
 
-def test_fast_ops_off_leaves_glibc_alone():
-    fast_ops_on, faults = _run("keras_cxr_off", {"KERAS_CXR_FAST_OPS": "0"})
-    assert not fast_ops_on and faults >= PAGES
-
-
-def test_fast_alloc_off_alone_keeps_the_other_fast_ops():
-    fast_ops_on, faults = _run("keras_cxr_off", {"KERAS_CXR_FAST_ALLOC": "0"})
-    assert fast_ops_on and faults >= PAGES
+def test_keep_freed_memory_keeps_freed_blocks_for_the_next_step():
+    assert _faults("keep") < PAGES // 100
 
 
 # Three training steps and a prediction of a small keras-cxr model: the heap setting only changes
@@ -75,11 +67,13 @@ TRAIN = """
 import sys
 import numpy as np
 import keras_cxr
-from keras_cxr import fast_alloc, models
+from keras_cxr import accel, models
 from keras_cxr.losses import FocalLoss
 from keras_cxr.seeding import set_seed
 import keras
-assert fast_alloc.installed() == (sys.argv[1] == "on")
+if sys.argv[1] == "on":
+    assert accel.keep_freed_memory()
+accel.enable()
 set_seed(3)
 model = models.build("cxr_resnet", image_size=96, dropout=0.1)
 model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=FocalLoss())
@@ -92,13 +86,13 @@ np.save(sys.argv[2], np.concatenate([np.asarray(losses, np.float32), probs.ravel
 """
 
 
+@pytest.mark.slow
 def test_training_and_predictions_are_identical_with_and_without_it(tmp_path):
     results = {}
     for mode in ("on", "off"):
         out = tmp_path / f"{mode}.npy"
-        env = {**os.environ, "KERAS_CXR_FAST_ALLOC": "1" if mode == "on" else "0"}
         run = subprocess.run([sys.executable, "-c", TRAIN, mode, str(out)], capture_output=True, text=True,
-                             timeout=600, env=env)
+                             timeout=600, env=os.environ)
         assert run.returncode == 0, run.stderr[-2000:]
         results[mode] = np.load(out)
     assert results["on"].shape == (3 + 16 * 4,)

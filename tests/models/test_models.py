@@ -17,9 +17,10 @@ import pytest
 
 import keras_cxr
 from keras_cxr import models
-from keras_cxr.models import cxr_resnet, dinov2, efficientnet_rw, swin
+from keras_cxr.accel import marks
+from keras_cxr.models import cxr_resnet, dinov2, efficientnet_rw, registry, swin
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 TINY = ["tiny_effv2", "tiny_effv2_rw", "tiny_swin", "tiny_dinov2", "tiny_convnext", "cxr_resnet"]
 HUB_BACKBONES = {
@@ -105,6 +106,37 @@ def test_import_keras_cxr_does_not_import_keras_hub():
     assert out.stdout.split()[-2:] == ["False", "False"]
 
 
+def test_listing_models_imports_neither_keras_nor_torch():
+    code = (
+        "import sys, keras_cxr.models as m; m.names(); m.spec('swin_t'); "
+        "loaded = [k for k in ('keras', 'torch', 'keras_hub') if k in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_only_keras_cxr_families_are_accelerated():
+    assert all(models.spec(name).accelerated for name in models.names())
+    model = models.build("tiny_effv2")
+    assert marks.is_marked(model)
+
+    def builder(images, name, image_size, source):
+        x = keras.layers.Conv2D(4, 3, strides=4, name="conv")(images)
+        return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+    models.register_family("test_user_family", builder, [("test_user_net", 32, 0.1, "0.1k", "Test.")])
+    try:
+        assert not models.spec("test_user_net").accelerated
+        user_model = models.build("test_user_net")
+        assert user_model.predict(_images(32), verbose=0).shape == (2, 4)
+        assert not marks.is_marked(user_model)
+    finally:
+        del registry._REGISTRY["test_user_net"]
+    assert "test_user_net" not in models.names()
+
+
 # --- building ---------------------------------------------------------------
 
 
@@ -140,10 +172,11 @@ def test_build_arguments():
 def test_family_image_size_checks():
     with pytest.raises(ValueError, match="multiple of 32"):
         models.build("swin_t", image_size=200)
+    # Pretrained weights fix the window; from scratch a smaller window fits (see the window test).
     with pytest.raises(ValueError, match="at least 224"):
-        models.build("swin_t", image_size=192)
+        models.build("swin_t", image_size=192, weights="imagenet")
     with pytest.raises(ValueError, match="at least 384"):
-        models.build("swin_l", image_size=224)
+        models.build("swin_l", image_size=224, weights="imagenet")
     with pytest.raises(ValueError, match="multiple of 14"):
         models.build("tiny_dinov2", image_size=64)
 
@@ -343,19 +376,27 @@ def test_keras_file_reloads_to_identical_predictions(name, saved_tiny_models):
     np.testing.assert_array_equal(y, np.load(root / f"{name}_y.npy"))
 
 
-def test_keras_files_reload_in_fresh_process(saved_tiny_models):
+@pytest.mark.parametrize(
+    "imports,load",
+    [
+        # Keras first: `import keras_cxr` registers the custom layers at once.
+        ("import keras; import keras_cxr", "keras.saving.load_model"),
+        # keras_cxr.models listed without Keras, then keras-cxr's loader.
+        ("import keras_cxr.models; keras_cxr.models.names()", "keras_cxr.load_model"),
+    ],
+)
+def test_keras_files_reload_in_fresh_process(saved_tiny_models, imports, load):
     """A process that only imports keras_cxr can load every family."""
     root, saved = saved_tiny_models
     code = textwrap.dedent(
         f"""
         import sys
         import numpy as np
-        import keras_cxr
-        import keras
+        {imports}
         assert "keras_hub" not in sys.modules
         root = {str(root)!r}
         for name in {sorted(saved)!r}:
-            model = keras.saving.load_model(f"{{root}}/{{name}}.keras")
+            model = {load}(f"{{root}}/{{name}}.keras")
             y = model.predict(np.load(f"{{root}}/{{name}}_x.npy"), verbose=0)
             diff = np.abs(y - np.load(f"{{root}}/{{name}}_y.npy")).max()
             print(name, diff)
@@ -392,4 +433,21 @@ def test_keras_cxr_registers_custom_layers():
         name = keras.saving.get_registered_name(cls)
         assert name == f"keras_cxr>{cls.__name__}"
         assert keras.saving.get_registered_object(name) is cls
+    assert keras.saving.get_registered_name(models.DINOV2Features) == "keras_cxr>DINOV2Features"
+    assert dinov2.DINOV2Features is models.DINOV2Features is models.layers.DINOV2Features
     assert keras_cxr.models is models
+
+
+def test_swin_window_follows_the_image_from_scratch_and_the_weights_otherwise():
+    from keras_cxr.models import swin
+    from keras_cxr.models.weights import WeightsSource
+
+    assert swin.window_size("swin_t", 224) == 7 and swin.window_size("swin_t", 128) == 4
+    assert swin.window_size("swin_l", 384) == 12 and swin.window_size("swin_l", 256) == 8
+    imagenet = WeightsSource("imagenet")
+    assert swin.window_size("swin_t", 128, imagenet) == 7
+    swin.check_image_size("swin_t", 128)  # from scratch: window 4 fits
+    with pytest.raises(ValueError, match=r"at least 224 \(window 7 \(pretrained weights fix the window\)\), got 128"):
+        swin.check_image_size("swin_t", 128, imagenet)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        swin.check_image_size("swin_t", 100)

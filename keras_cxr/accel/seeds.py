@@ -22,14 +22,24 @@ Keras's own (a test compares the streams).
 import weakref
 
 import torch
-from keras.src.backend.torch import random as torch_random
-from keras.src.backend.torch.core import get_device
-from keras.src.random.seed_generator import SeedGenerator
 
 _keras_torch_seed_generator = None
+# Private Keras objects, bound by `install` (never at import).
+SeedGenerator = get_device = None
 
 # SeedGenerator -> (state tensor, its version after our last add, host state, device increment)
 _HOST_STATES = weakref.WeakKeyDictionary()
+
+
+def probe():
+    from keras.src.backend.torch import random as torch_random
+    from keras.src.random.seed_generator import SeedGenerator as generator
+
+    if not callable(getattr(torch_random, "torch_seed_generator", None)):
+        return "keras.src.backend.torch.random has no torch_seed_generator"
+    if not hasattr(generator(0), "state"):
+        return "SeedGenerator has no state"
+    return None
 
 
 def _host_state(generator):
@@ -54,14 +64,19 @@ def _torch_seed_generator(seed):
 
 
 def install():
-    global _keras_torch_seed_generator
-    if _keras_torch_seed_generator is None:
-        _keras_torch_seed_generator = torch_random.torch_seed_generator
-        torch_random.torch_seed_generator = _torch_seed_generator
+    global _keras_torch_seed_generator, SeedGenerator, get_device
+    from keras.src.backend.torch import core
+    from keras.src.backend.torch import random as torch_random
+    from keras.src.random import seed_generator
+
+    SeedGenerator, get_device = seed_generator.SeedGenerator, core.get_device
+    _keras_torch_seed_generator = torch_random.torch_seed_generator
+    torch_random.torch_seed_generator = _torch_seed_generator
 
 
 def uninstall():
     global _keras_torch_seed_generator
-    if _keras_torch_seed_generator is not None:
-        torch_random.torch_seed_generator = _keras_torch_seed_generator
-        _keras_torch_seed_generator = None
+    from keras.src.backend.torch import random as torch_random
+
+    torch_random.torch_seed_generator = _keras_torch_seed_generator
+    _keras_torch_seed_generator = None

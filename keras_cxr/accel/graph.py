@@ -1,4 +1,4 @@
-"""Run keras-cxr's functional models without Keras's per-layer call overhead.
+"""Run marked keras-cxr models without Keras's per-layer call overhead.
 
 Keras's `Layer.__call__` does a lot of Python on every call: it binds the
 arguments to the call signature (`inspect`), flattens them with pytree,
@@ -9,11 +9,10 @@ it cost more than the arithmetic at small inputs on the CPU, and made a
 training step CPU-bound on a GPU (273 ms per step for 60 ms of GPU kernels
 at 384 px, batch 32, mixed_float16; timm: 53 ms).
 
-`install()` makes `Functional.call` of keras-cxr's own architectures (the
-models `keras_cxr.models.build` returns, as `fast_ops.inference_call`
-recognises them) walk the graph itself and, for each plain layer (no
-sublayers, no activity regularizer, no custom `__call__`), do exactly the
-parts of `__call__` that change the result:
+`install()` makes `Functional.call` of marked models (`keras_cxr.accel.marks`)
+walk the graph itself and, for each plain layer (no sublayers, no activity
+regularizer, no custom `__call__`), do exactly the parts of `__call__` that
+change the result:
 
 - floating-point inputs are cast to the layer's input dtype (mixed
   precision), as `DTypePolicy.convert_input` does;
@@ -23,53 +22,65 @@ parts of `__call__` that change the result:
 
 Nested models are walked recursively. Layers with sublayers (keras-hub's
 Swin blocks, say) keep their own `__call__`, so the call context their
-sublayers read `training` from is the one Keras set up; while a keras-cxr
-model runs, those sublayers' calls take the same short path when they are
-plain layers called with tensors and no masks (`training` then comes from the
-call context, as Keras resolves it). Symbolic inputs,
-masks and extra call arguments go to Keras's own `Functional.call`. The
-outputs, gradients and variable updates are identical to Keras's (tests
-compare them for every family, in training and inference, under float32 and
-mixed_float16).
-
-`install()` also points Keras's modules at a cheaper `any_symbolic_tensors`
-(the "is any argument symbolic?" check every `keras.ops` call makes first):
-plain tensors, variables, numbers and flat shapes are answered without
-Keras's pytree walk; everything else goes to Keras's own check.
+sublayers read `training` from is the one Keras set up; while a marked model
+runs, those sublayers' calls take the same short path when they are plain
+layers called with tensors and no masks (`training` then comes from the call
+context, as Keras resolves it). Symbolic inputs, masks, extra call arguments
+and unmarked models go to Keras's own code. Outputs, gradients and variable
+updates are identical to Keras's (tests compare them for every family, in
+training and inference, under float32 and mixed_float16).
 """
 
 import contextlib
-import sys
+import inspect
 import threading
 import weakref
 
 import keras
 import torch
-from keras.src import backend, tree
-from keras.src.backend.common import global_state, keras_tensor
-from keras.src.backend.torch.core import to_torch_dtype
-from keras.src.distribution import distribution_lib
-from keras.src.models.functional import Functional
+
+from keras_cxr.accel import marks
 
 _GRAPH, _LEAF, _LAYER = "graph", "leaf", "layer"
 
-# Functional model -> list of (node, operation, kind), or None where Keras's path is kept.
+# Functional model -> list of (node, operation, kind, filler), or None where Keras's path is kept.
 _PLANS = weakref.WeakKeyDictionary()
+# Layer -> whether `_kind` calls it a plain leaf (decided once per layer).
+_LEAVES = weakref.WeakKeyDictionary()
+_running = threading.local()  # .depth > 0 while a marked model's graph runs in this thread
+
+# Called, in this thread, when the outermost marked model call returns or raises.
+end_of_run_callbacks = []
 
 _keras_functional_call = None
 _keras_layer_call = None
-
-# Layer -> whether `_kind` calls it a plain leaf (decided once per layer).
-_LEAVES = weakref.WeakKeyDictionary()
-_running = threading.local()  # .depth > 0 while a keras-cxr graph runs in this thread
-
-# Called, in this thread, when the outermost keras-cxr model call returns or raises.
-end_of_run_callbacks = []
+# Private Keras objects, bound by `install` (never at import).
+Functional = backend = tree = global_state = to_torch_dtype = distribution_lib = None
 
 
 def running():
-    """Whether a keras-cxr model's graph is being run in this thread."""
+    """Whether a marked model's graph is being run in this thread."""
     return bool(getattr(_running, "depth", 0))
+
+
+def probe():
+    from keras.src.backend.common import global_state as state
+    from keras.src.models.functional import Functional as functional
+
+    params = list(inspect.signature(functional.call).parameters)
+    if params != ["self", "inputs", "training", "mask", "kwargs"]:
+        return f"Functional.call takes {params}"
+    if not hasattr(functional, "_standardize_inputs"):
+        return "Functional has no _standardize_inputs"
+    layer = keras.layers.Dense(1)
+    missing = [a for a in ("_call_has_training_arg", "_call_has_mask_arg", "_call_context_args", "_call_signature",
+                           "_convert_input_args", "autocast", "input_dtype", "_flatten_layers")
+               if not hasattr(layer, a)]
+    if missing:
+        return f"Layer has no {', '.join(missing)}"
+    if not hasattr(state, "get_global_attribute"):
+        return "keras.src.backend.common.global_state has no get_global_attribute"
+    return None
 
 
 def _kind(op):
@@ -126,13 +137,11 @@ def _build_plan(model):
 def _plan(model, nested=False):
     """The steps of `model`, or None for models Keras runs itself.
 
-    Only keras-cxr's own architectures are walked here, and the models
-    nested inside them (their backbones).
+    Only marked models are walked here, and the models nested inside them
+    (their backbones).
     """
     if model not in _PLANS:
-        from keras_cxr.fast_ops import _is_keras_cxr_model
-
-        _PLANS[model] = _build_plan(model) if nested or _is_keras_cxr_model(model) else None
+        _PLANS[model] = _build_plan(model) if nested or marks.is_marked(model) else None
     return _PLANS[model]
 
 
@@ -227,7 +236,7 @@ def _training_default(layer):
 
 
 def _layer_call(self, *args, **kwargs):
-    """`Layer.__call__`, shortened for plain sublayers while a keras-cxr model runs."""
+    """`Layer.__call__`, shortened for plain sublayers while a marked model runs."""
     if not (getattr(_running, "depth", 0) and args and _is_leaf(self) and self._call_context_args == {"training"}
             and all(isinstance(a, torch.Tensor) and backend.get_keras_mask(a) is None for a in args)
             and all(not isinstance(v, torch.Tensor) for v in kwargs.values())):
@@ -251,51 +260,26 @@ def _layer_call(self, *args, **kwargs):
     return _call_leaf(self, args, kwargs)
 
 
-_keras_any_symbolic_tensors = keras_tensor.any_symbolic_tensors
-# Argument types that are never symbolic and never nested.
-_EAGER_LEAVES = frozenset({torch.Tensor, torch.nn.Parameter, backend.Variable, int, float, bool, str, type(None)})
-
-
-def _eager(x):
-    """Whether `x` is a leaf of those types, or a flat list or tuple of them (a shape, say)."""
-    kind = type(x)
-    return kind in _EAGER_LEAVES or (kind in (tuple, list) and all(type(i) in _EAGER_LEAVES for i in x))
-
-
-def _any_symbolic_tensors(args=None, kwargs=None):
-    """Keras's `any_symbolic_tensors` without its pytree walk over plain tensors and numbers.
-
-    Every `keras.ops` call asks it first; Keras flattens each argument with
-    pytree, about 10 us per op, 700 times in a Swin-T forward pass.
-    """
-    for items in (args or (), kwargs.values() if kwargs else ()):
-        for x in items:
-            if not _eager(x) and _keras_any_symbolic_tensors((x,)):
-                return True
-    return False
-
-
-def _rebind_any_symbolic_tensors(new, old):
-    """Point every Keras module that imported `old` by name at `new`."""
-    for name, module in list(sys.modules.items()):
-        if name.startswith("keras.src") and getattr(module, "any_symbolic_tensors", None) is old:
-            module.any_symbolic_tensors = new
-
-
 def install():
     global _keras_functional_call, _keras_layer_call
-    if _keras_functional_call is None:
-        _keras_functional_call = Functional.call
-        Functional.call = _functional_call
-        _keras_layer_call = keras.layers.Layer.__call__
-        keras.layers.Layer.__call__ = _layer_call
-        _rebind_any_symbolic_tensors(_any_symbolic_tensors, _keras_any_symbolic_tensors)
+    global Functional, backend, tree, global_state, to_torch_dtype, distribution_lib
+    from keras.src import backend as keras_backend
+    from keras.src import tree as keras_tree
+    from keras.src.backend.common import global_state as state
+    from keras.src.backend.torch.core import to_torch_dtype as dtype_of
+    from keras.src.distribution import distribution_lib as distribution
+    from keras.src.models.functional import Functional as functional
+
+    Functional, backend, tree, global_state = functional, keras_backend, keras_tree, state
+    to_torch_dtype, distribution_lib = dtype_of, distribution
+    _keras_functional_call = Functional.call
+    Functional.call = _functional_call
+    _keras_layer_call = keras.layers.Layer.__call__
+    keras.layers.Layer.__call__ = _layer_call
 
 
 def uninstall():
     global _keras_functional_call, _keras_layer_call
-    if _keras_functional_call is not None:
-        Functional.call = _keras_functional_call
-        keras.layers.Layer.__call__ = _keras_layer_call
-        _keras_functional_call = _keras_layer_call = None
-        _rebind_any_symbolic_tensors(_keras_any_symbolic_tensors, _any_symbolic_tensors)
+    Functional.call = _keras_functional_call
+    keras.layers.Layer.__call__ = _keras_layer_call
+    _keras_functional_call = _keras_layer_call = None

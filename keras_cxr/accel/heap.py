@@ -21,12 +21,12 @@ same place every step anyway). glibc offers no way to restore its dynamic
 threshold, so there is no `uninstall`. Elsewhere (macOS, Windows, musl) it
 does nothing.
 
-`keras_cxr.fast_ops` installs it with keras-cxr's other speed-ups when
-`keras_cxr` is imported, unless ``KERAS_CXR_FAST_OPS=0`` or
-``KERAS_CXR_FAST_ALLOC=0`` (this one alone: where a process should hand
-freed memory back, a notebook, say). The same effect for any program:
-``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1`` in the
-environment before it starts.
+It is not one of the patches `keras_cxr.accel.enable()` applies: it changes
+the whole process for good. The `keras-cxr` command sets it for its own
+process (unless ``KERAS_CXR_ACCEL=0`` or ``KERAS_CXR_HEAP=0``); a program of
+your own opts in with `keras_cxr.accel.keep_freed_memory()`. The same effect
+for any program: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1``
+in the environment before it starts.
 """
 
 import ctypes

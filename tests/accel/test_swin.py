@@ -1,11 +1,13 @@
-"""keras_cxr.fast_swin gives keras-hub's Swin results bit for bit."""
+"""`keras_cxr.accel.swin` gives keras-hub's Swin results bit for bit."""
 
 import keras
 import numpy as np
 import pytest
 import torch
 
-from keras_cxr import fast_swin, models
+from keras_cxr import accel, models
+from keras_cxr.accel import swin as fast_swin
+from keras_cxr.accel.switch import switched_off
 from keras_cxr.models import swin
 
 
@@ -22,9 +24,20 @@ def tiny_swin_with_drop_path(monkeypatch):
     monkeypatch.setitem(swin.ARCHS, "tiny_swin", {**swin.ARCHS["tiny_swin"], "drop_path": 0.3})
 
 
+@pytest.fixture(autouse=True)
+def accelerated_with_keras_hub():
+    """Every test here runs with keras_hub's Swin module imported and the patches on."""
+    if switched_off():
+        pytest.skip("KERAS_CXR_ACCEL=0: acceleration is off for this run")
+    swin_layers()
+    accel.enable()
+    yield
+    accel.disable()
+
+
 def fast_and_keras_hub(fn):
-    """`fn()` with `keras_cxr.fast_swin` installed, then with keras-hub's own calls."""
-    assert fast_swin.installed()
+    """`fn()` with `keras_cxr.accel.swin` installed, then with keras-hub's own calls."""
+    assert accel.active("swin")
     fast = fn()
     fast_swin.uninstall()
     try:
@@ -87,8 +100,10 @@ def test_block_outside_the_fast_case_uses_keras_hub_code():
     assert block not in fast_swin._CONSTANTS  # no cached mask: keras-hub's call ran
 
 
-def test_installed_once_a_swin_model_is_built():
-    models.build("tiny_swin", image_size=64)
+def test_installed_once_keras_hub_is_imported_after_enable():
+    accel.disable()
+    accel.enable()
+    assert accel.active("swin")  # keras_hub was imported: installed at once
     layers = swin_layers()
     assert layers.SwinTransformerBlock.call is fast_swin._block_call
     assert layers.WindowAttention.call is fast_swin._attention_call

@@ -27,25 +27,53 @@ these versions do not cover (padding to a window multiple, odd
 patch-merging sizes, `return_attns`, another activation) go to keras-hub's
 own code.
 
-It is installed by `keras_cxr.fast_ops` once keras_hub is imported (keras-cxr
-imports keras_hub only to build or load a keras-hub backbone).
+`keras_cxr.accel` installs it once keras_hub's Swin module is imported
+(keras-cxr imports keras_hub only to build or load a keras-hub backbone).
 """
 
+import inspect
 import sys
 import weakref
 
 import keras
 import torch
-from keras.src.backend.torch import nn as torch_nn
-from keras.src.backend.torch import numpy as torch_numpy
-from keras.src.backend.torch.core import convert_to_tensor
 
 MODULE = "keras_hub.src.models.swin_transformer.swin_transformer_layers"
 
 _keras_hub_calls = {}  # class name -> keras-hub's own call, while installed
+# Private Keras functions, bound by `install` (never at import).
+torch_nn = torch_numpy = convert_to_tensor = None
 
 # layer -> {key: tensor}: constants a layer derives from its configuration.
 _CONSTANTS = weakref.WeakKeyDictionary()
+
+# The `call` parameters each replaced keras-hub class had when the replacement was written.
+_SIGNATURES = {
+    "DropPath": ["self", "x", "training"],
+    "SwinTransformerBlock": ["self", "x"],
+    "WindowAttention": ["self", "x", "mask", "return_attns"],
+    "Mlp": ["self", "x"],
+    "PatchMerging": ["self", "x", "H", "W"],
+}
+
+
+def ready():
+    """Whether keras-hub's Swin module is imported (the patch waits for it otherwise)."""
+    return MODULE in sys.modules
+
+
+def probe():
+    layers = sys.modules.get(MODULE)
+    if layers is None:
+        return None  # nothing to check until keras_hub's Swin module is imported
+    for name, expected in _SIGNATURES.items():
+        cls = getattr(layers, name, None)
+        if cls is None:
+            return f"{MODULE} has no {name}"
+        params = list(inspect.signature(cls.call).parameters)
+        if params != expected:
+            return f"keras-hub {name}.call takes {params}"
+    return None
 
 
 def _constant(layer, key, make):
@@ -172,10 +200,14 @@ _FAST_CALLS = {
 
 
 def install():
-    """Patch keras-hub's Swin layers, if keras_hub's Swin module is imported (else a no-op)."""
-    layers = sys.modules.get(MODULE)
-    if layers is None or _keras_hub_calls:
-        return
+    """Patch keras-hub's Swin layers (call it once `ready()`)."""
+    global torch_nn, torch_numpy, convert_to_tensor
+    from keras.src.backend.torch import core
+    from keras.src.backend.torch import nn as backend_nn
+    from keras.src.backend.torch import numpy as backend_numpy
+
+    torch_nn, torch_numpy, convert_to_tensor = backend_nn, backend_numpy, core.convert_to_tensor
+    layers = sys.modules[MODULE]
     for name, call in _FAST_CALLS.items():
         cls = getattr(layers, name)
         _keras_hub_calls[name] = cls.call
@@ -188,7 +220,3 @@ def uninstall():
     for name, call in list(_keras_hub_calls.items()):
         getattr(layers, name).call = call
         del _keras_hub_calls[name]
-
-
-def installed():
-    return bool(_keras_hub_calls)
