@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def run_python(code, **env_changes):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
@@ -11,6 +13,7 @@ def run_python(code, **env_changes):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_selects_torch_when_unset():
     result = run_python("import keras_cxr, keras; print(keras.backend.backend())")
     assert result.returncode == 0, result.stderr
@@ -37,6 +40,7 @@ def test_refuses_keras_already_loaded_with_another_backend():
     assert "Keras is already loaded with the 'jax' backend; keras_cxr needs 'torch'" in result.stderr
 
 
+@pytest.mark.slow
 def test_keras_loaded_with_torch_first_is_fine():
     result = run_python("import keras; import keras_cxr; print('ok')", KERAS_BACKEND="torch")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

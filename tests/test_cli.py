@@ -18,6 +18,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_fit_applies_flags_and_set_overrides(tmp_path):
     out = tmp_path / "run"
     result = invoke("fit", REPO / "recipes" / "smoke.py", "--out", out, "--epochs", 2, "--image-size", 32,
@@ -76,6 +77,7 @@ def test_models_lists_every_name():
     assert listed == models.names()
 
 
+@pytest.mark.slow
 def test_readme_model_fit_example_runs(tmp_path):
     """The README's `model.fit` script is examples/model_fit.py, verbatim, and it runs."""
     script = (REPO / "examples" / "model_fit.py").read_text()

@@ -10,6 +10,7 @@ test is deterministic.
 
 import gc
 
+import pytest
 import torch
 
 from keras_cxr import training
@@ -22,6 +23,7 @@ def _tensors_with_graph():
     return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
 
 
+@pytest.mark.slow
 def test_fit_recipe_frees_each_steps_activations(tmp_path, monkeypatch):
     counts = []
 

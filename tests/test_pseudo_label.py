@@ -88,6 +88,7 @@ def test_command_writes_a_training_table(tmp_path):
     assert result.exit_code == 2 and "--weight must be > 0" in result.output
 
 
+@pytest.mark.slow
 def test_fit_trains_on_extra_rows_at_their_weight(tmp_path):
     from tests.test_training import tiny_recipe
 

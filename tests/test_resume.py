@@ -85,6 +85,7 @@ def interrupted_and_straight(tmp_path_factory):
     return straight, resumed, killed_state, result, recipe_file
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights_and_probabilities(interrupted_and_straight):
     straight, resumed, killed_state, _, _ = interrupted_and_straight
     assert killed_state == (2, False)  # killed after epoch 2 of 4, before the end
@@ -102,6 +103,7 @@ def test_killed_run_resumes_to_identical_weights_and_probabilities(interrupted_a
     assert not (resumed / STATE_FILE).exists()  # a finished run keeps no snapshot
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_recipe_a_finished_run_and_a_run_without_an_epoch(interrupted_and_straight,
                                                                                     tmp_path):
     _, resumed, _, _, recipe_file = interrupted_and_straight

@@ -40,6 +40,7 @@ def run(tmp_path_factory):
     return recipe, out, metrics
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_artifact(run):
     recipe, out, metrics = run
     for name in ("best.keras", "swa.keras", "history.csv", "val_probs.csv", "metrics.json",
@@ -59,6 +60,7 @@ def test_run_directory_holds_every_artifact(run):
     assert np.array(saved["validation"]["confusion_matrix"]).sum() == 60
 
 
+@pytest.mark.slow
 def test_val_probs_match_a_fresh_prediction_of_best_keras(run, tmp_path):
     recipe, out, metrics = run
     val_probs = pd.read_csv(out / "val_probs.csv")
@@ -91,6 +93,7 @@ def metrics_data_dir(out):
     return resolve_data_dir(Recipe.from_dict(json.loads((out / "recipe.json").read_text())).data)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_val_probs(run, tmp_path):
     recipe, out, _ = run
     fit_recipe(recipe, tmp_path / "again", verbose=0)
@@ -99,6 +102,7 @@ def test_same_seed_gives_identical_val_probs(run, tmp_path):
     assert (tmp_path / "other" / "val_probs.csv").read_bytes() != (out / "val_probs.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_early_stopping_and_no_swa(tmp_path):
     recipe = tiny_recipe(swa=SWA(), epochs=6, early_stopping=EarlyStopping(patience=1, min_delta=1.0))
     metrics = fit_recipe(recipe, tmp_path, verbose=0)
@@ -107,6 +111,7 @@ def test_early_stopping_and_no_swa(tmp_path):
     assert not (tmp_path / "swa.keras").exists()
 
 
+@pytest.mark.slow
 def test_mixed_float16_with_ema_trains_and_saves_float32_probabilities(tmp_path):
     recipe = tiny_recipe(precision="mixed_float16", epochs=2, model=Model(name="cxr_resnet", image_size=32),
                          optimizer=Optimizer(learning_rate=2e-3, ema=True, ema_momentum=0.9))
@@ -131,6 +136,7 @@ def test_bad_data_dir_fails_before_training(tmp_path):
     assert not (tmp_path / "out" / "best.keras").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_its_epoch_and_step_and_keeps_the_best(tmp_path, monkeypatch):
     from keras_cxr.data import dataset as dataset_module
     from keras_cxr.training import TrainingDiverged
@@ -161,6 +167,7 @@ def test_non_finite_loss_stops_with_its_epoch_and_step_and_keeps_the_best(tmp_pa
     np.testing.assert_allclose(kept, reference, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, processes", [(2, False), (2, True)])
 def test_loader_workers_do_not_change_the_results(run, tmp_path, workers, processes):
     recipe, out, _ = run

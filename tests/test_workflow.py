@@ -50,6 +50,7 @@ def workflow(tmp_path_factory):
     return root, work, folds, oof, test
 
 
+@pytest.mark.slow
 def test_folds_keep_groups_apart_and_oof_covers_every_row_once(workflow):
     root, work, folds, oof, _ = workflow
     merged = pd.read_csv(folds / "folds.csv")

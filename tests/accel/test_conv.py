@@ -45,6 +45,7 @@ def test_convolutions_match_keras_forward_and_backward(layer):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cxr_resnet", "tiny_effv2"])
 def test_conv_kernels_in_torch_order_train_exactly_like_keras_order(name, monkeypatch, accelerated):
     """Kernels stored (out, in, kh, kw) behind Keras's shape: same losses, weights and optimizer state."""

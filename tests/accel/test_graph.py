@@ -13,6 +13,7 @@ FAMILIES = [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64), ("tiny
             ("tiny_convnext", 64), ("cxr_resnet", 64)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", FAMILIES)
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_graph_runner_gives_keras_outputs_gradients_and_updates(name, size, policy, accelerated):

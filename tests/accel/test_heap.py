@@ -51,6 +51,7 @@ def test_glibc_defaults_fault_every_page_of_a_large_block_every_step():
     assert _faults("plain") >= PAGES  # the premise: glibc maps a 96 MB block afresh each time
 
 
+@pytest.mark.slow
 def test_importing_keras_cxr_or_enabling_the_patches_leaves_glibc_alone():
     assert _faults("import") >= PAGES
     assert _faults("enable") >= PAGES

@@ -34,6 +34,7 @@ print(" ".join(f.__module__ for f in owners))
 """
 
 
+@pytest.mark.slow
 def test_importing_keras_cxr_patches_nothing():
     run = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -15,6 +15,7 @@ from keras_cxr.seeding import set_seed
 from tests.accel.helpers import both
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", [("tiny_effv2", 64), ("tiny_effv2_rw", 64), ("tiny_swin", 64),
                                         ("tiny_dinov2", 56), ("tiny_convnext", 64), ("cxr_resnet", 64)])
 def test_every_family_trains_and_predicts_like_keras(name, size):

@@ -96,6 +96,7 @@ def test_cross_validation_exposes_overfitting_on_pure_noise():
         np.testing.assert_allclose(cv.held_out_proba.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow
 def test_fit_blend_all_chooses_best_cross_validated_candidate():
     probs, y = planted(n=240, seed=1)
     result = fit_blend(probs, y, method="all", model_names=["A", "B"], folds=4, seed=3)

@@ -376,6 +376,7 @@ def test_keras_file_reloads_to_identical_predictions(name, saved_tiny_models):
     np.testing.assert_array_equal(y, np.load(root / f"{name}_y.npy"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "imports,load",
     [
@@ -410,6 +411,7 @@ def test_keras_files_reload_in_fresh_process(saved_tiny_models, imports, load):
     assert out.stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow
 def test_efficientnet_rw_s_num_features_survive_save_and_load(tmp_path):
     """keras-hub's EfficientNetBackbone.get_config() drops num_features=1792.
 
