@@ -55,6 +55,3 @@ class FieldError(FieldText, ValueError):
     def __init__(self, template, **wording):
         FieldText.__init__(self, template, **wording)
         ValueError.__init__(self, self.render())
-
-    def __str__(self):
-        return self.render()

@@ -28,7 +28,7 @@ for its own process.
 """
 
 from keras_cxr.accel.patches import PATCHES
-from keras_cxr.accel.switch import active, disable, enable, enabled, status
+from keras_cxr.accel.switch import active, disable, enable, enabled, install_waiting, status
 from keras_cxr.accel.versions import AccelWarning
 
 
@@ -42,9 +42,7 @@ def prepare(model):
     """
     if not active():
         return model
-    from keras_cxr.accel import switch
-
-    switch.install_waiting()
+    install_waiting()
     if active("conv"):
         from keras_cxr.accel import conv
 

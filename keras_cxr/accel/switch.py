@@ -9,6 +9,7 @@ from keras_cxr.accel import versions
 from keras_cxr.accel.patches import PATCHES
 
 _OFF = ("0", "false", "off", "no")
+_SKIPPED = "skipped: "
 _lock = threading.RLock()
 _state = {}  # patch name -> "on", "waiting" (for keras_hub) or "skipped: <reason>", while enabled
 _active = False
@@ -31,20 +32,28 @@ def _probe(module):
         return f"probe failed: {type(e).__name__}: {e}"
 
 
-def _reason_to_skip(patch):
-    return versions.untested(patch) or _probe(_module(patch))
-
-
 def _install(patch):
+    """Install `patch` unless its versions or probe say no; returns its new state."""
     module = _module(patch)
-    if hasattr(module, "ready"):  # a patch of a library imported later (keras-hub's Swin)
-        if not module.ready():
+    reason = versions.untested(patch)
+    if reason is None:
+        if hasattr(module, "ready") and not module.ready():  # a library imported later (keras-hub's Swin)
             return "waiting"
-        reason = _probe(module)  # its targets can only be checked once imported
-        if reason is not None:
-            return f"skipped: {reason}"
+        reason = _probe(module)
+    if reason is not None:
+        return _SKIPPED + reason
     module.install()
     return "on"
+
+
+def _apply(patches):
+    """Install `patches`, record their states, and warn once about those skipped."""
+    skipped = {}
+    for patch in patches:
+        _state[patch.name] = _install(patch)
+        if _state[patch.name].startswith(_SKIPPED):
+            skipped[patch.name] = _state[patch.name][len(_SKIPPED):]
+    _warn(skipped)
 
 
 def enable():
@@ -67,16 +76,8 @@ def enable():
         if switched_off():
             return status()
         if not _active:
-            skipped = {}
-            for patch in PATCHES:
-                reason = _reason_to_skip(patch)
-                if reason is None:
-                    _state[patch.name] = _install(patch)
-                else:
-                    _state[patch.name] = f"skipped: {reason}"
-                    skipped[patch.name] = reason
+            _apply(PATCHES)
             _active = True
-            _warn(skipped)
         else:
             install_waiting()
         return status()
@@ -85,13 +86,7 @@ def enable():
 def install_waiting():
     """Install the patches that were waiting for their library (keras-hub's Swin) once it is imported."""
     with _lock:
-        skipped = {}
-        for patch in PATCHES:
-            if _state.get(patch.name) == "waiting":
-                _state[patch.name] = _install(patch)
-                if _state[patch.name].startswith("skipped: "):
-                    skipped[patch.name] = _state[patch.name][len("skipped: "):]
-        _warn(skipped)
+        _apply([patch for patch in PATCHES if _state.get(patch.name) == "waiting"])
 
 
 def _warn(skipped):

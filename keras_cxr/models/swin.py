@@ -34,6 +34,11 @@ PRESETS = {
 PATCH_SIZE = 4
 
 
+def _stride(name):
+    """Input pixels per token of the last stage of Swin variant `name`."""
+    return PATCH_SIZE * 2 ** (len(ARCHS[name]["depths"]) - 1)
+
+
 def window_size(name, image_size, source=weights_lib.WeightsSource("none")):
     """The attention window of Swin variant `name` at `image_size`.
 
@@ -42,11 +47,10 @@ def window_size(name, image_size, source=weights_lib.WeightsSource("none")):
     last stage (4 for Swin-T at 128 px, as with timm's `window_size=4`).
     Pretrained weights fix the window (its relative-position tables).
     """
-    arch = ARCHS[name]
-    stride = PATCH_SIZE * 2 ** (len(arch["depths"]) - 1)
-    if source.kind == weights_lib.NONE and image_size % stride == 0 and 0 < image_size // stride < arch["window_size"]:
+    stride, window = _stride(name), ARCHS[name]["window_size"]
+    if source.kind == weights_lib.NONE and image_size % stride == 0 and 0 < image_size // stride < window:
         return image_size // stride
-    return arch["window_size"]
+    return window
 
 
 def check_image_size(name, image_size, source=weights_lib.WeightsSource("none")):
@@ -55,8 +59,7 @@ def check_image_size(name, image_size, source=weights_lib.WeightsSource("none"))
     keras-hub's Swin needs every stage's resolution to halve exactly, and the
     last stage to be at least one window wide (it fails otherwise).
     """
-    arch = ARCHS[name]
-    stride = PATCH_SIZE * 2 ** (len(arch["depths"]) - 1)
+    stride = _stride(name)
     window = window_size(name, image_size, source)
     smallest = stride * window
     if image_size % stride or image_size < smallest:
