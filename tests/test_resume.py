@@ -1,7 +1,6 @@
 """Crash-safe runs: a training process killed with SIGKILL continues with `fit --resume` to the same result."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

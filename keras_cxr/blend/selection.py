@@ -3,8 +3,6 @@
 import copy
 import dataclasses
 
-import numpy as np
-
 from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.blend._arrays import check_groups, check_labels, check_names, check_probs
 from keras_cxr.blend.blender import BLEND_METHODS, Blender

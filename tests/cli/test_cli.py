@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from keras_cxr.cli import main
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def invoke(*args):
