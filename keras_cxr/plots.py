@@ -60,3 +60,37 @@ def plot_history(history, path):
         ax.legend()
     _save(fig, path)
     plt.close(fig)
+
+
+def contact_sheet(images, captions, path, columns=4, title=None, cell_inches=2.4):
+    """A grid of images with a caption under each, as one PNG.
+
+    Args:
+        images: a list of `(H, W)` or `(H, W, 3)` arrays (uint8 or floats in
+            [0, 1]); sizes may differ.
+        captions: one string per image (may hold newlines).
+        path: the PNG to write (atomically).
+        columns: images per row.
+        title: a heading for the whole sheet.
+        cell_inches: the size of one cell.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"contact_sheet: {len(images)} images but {len(captions)} captions")
+    if not images:
+        raise ValueError("contact_sheet: no images to draw")
+    plt = _figure()
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell_inches * columns, (cell_inches + 0.5) * rows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, caption in zip(axes.ravel(), images, captions):
+        image = np.asarray(image)
+        scale = 255 if image.dtype == np.uint8 else 1
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=scale)
+        ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
