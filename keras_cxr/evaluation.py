@@ -18,8 +18,71 @@ def expected_calibration_error(y_true_ids, probs, n_bins=15):
     return float(ece)
 
 
+# Probabilities are clipped to this before a log (a row that gives its true class 0 scores -log(1e-12) ~ 27.6).
+LOG_CLIP = 1e-12
+
+
+def brier_score(y_true_ids, probs):
+    """Multi-class Brier score: the mean over rows of the summed squared error against the one-hot label.
+
+    0 is perfect; always predicting a wrong class with certainty scores 2.
+
+    Example:
+
+    ```python
+    brier_score([0], [[0.7, 0.2, 0.1]])   # (0.3**2 + 0.2**2 + 0.1**2) = 0.14
+    ```
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    one_hot = np.eye(probs.shape[1])[np.asarray(y_true_ids)]
+    return float(((probs - one_hot) ** 2).sum(axis=1).mean())
+
+
+def negative_log_likelihood(y_true_ids, probs):
+    """Mean negative log of each row's probability for its true class (natural log, clipped at `LOG_CLIP`).
+
+    Example:
+
+    ```python
+    negative_log_likelihood([0, 1], [[0.5, 0.5], [0.2, 0.8]])   # -(log 0.5 + log 0.8) / 2 = 0.4581
+    ```
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    true = probs[np.arange(len(probs)), np.asarray(y_true_ids)]
+    return float(-np.log(np.clip(true, LOG_CLIP, 1.0)).mean())
+
+
+def reliability_bins(y_true_ids, probs, n_bins=15):
+    """Per-bin counts, mean confidence and accuracy, binned as `expected_calibration_error` bins them.
+
+    Returns:
+        A dict of `(n_bins,)` arrays: ``edges`` (`n_bins + 1`), ``count``,
+        ``confidence`` and ``accuracy`` (NaN in empty bins).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true_ids)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(bins, confidence, minlength=n_bins) / count
+        accuracy = np.bincount(bins, correct.astype(np.float64), minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+
+
+def calibration_scores(y_true_ids, probs, n_bins=15):
+    """ECE (top-label, `n_bins` bins), Brier and NLL of `probs`, as a dict with those three keys."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return {
+        "ece": expected_calibration_error(np.asarray(y_true_ids), probs, n_bins),
+        "brier": brier_score(y_true_ids, probs),
+        "nll": negative_log_likelihood(y_true_ids, probs),
+    }
+
+
 def classification_summary(y_true_ids, probs, class_names):
-    """Macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+    """Macro-F1, accuracy, calibration (ECE, Brier, NLL), per-class precision/recall/F1/support, confusion matrix.
 
     Args:
         y_true_ids: (N,) integer class ids.
@@ -39,6 +102,8 @@ def classification_summary(y_true_ids, probs, class_names):
         "macro_f1": float(skm.f1_score(y_true_ids, y_pred, average="macro")),
         "accuracy": float((y_true_ids == y_pred).mean()),
         "ece": expected_calibration_error(y_true_ids, np.asarray(probs)),
+        "brier": brier_score(y_true_ids, probs),
+        "nll": negative_log_likelihood(y_true_ids, probs),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -79,7 +144,9 @@ def format_summary(summary):
     width = max(10, *(len(n) for n in names))
     lines = [
         f"Macro-F1 {summary['macro_f1']:.4f}   accuracy {summary['accuracy']:.4f}   "
-        f"ECE {summary['ece']:.4f}" + (f"   ({summary['rows']} rows)" if "rows" in summary else ""),
+        f"ECE {summary['ece']:.4f}"
+        + (f"   Brier {summary['brier']:.4f}   NLL {summary['nll']:.4f}" if "brier" in summary else "")
+        + (f"   ({summary['rows']} rows)" if "rows" in summary else ""),
         "",
         f"{'class':<{width}}  precision  recall      F1  support",
     ]

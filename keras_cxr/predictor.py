@@ -150,7 +150,8 @@ class Predictor:
         return CXRDataset(table, self.image_size, batch_size=batch_size, augmentation=self.preprocessing)
 
 
-def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0, accelerate=True):
+def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0, accelerate=True,
+                calibration=None):
     """Average the probabilities of `models` over the rows of `csv_path`.
 
     Args:
@@ -164,6 +165,11 @@ def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verb
         verbose: 1 prints each model and a progress bar.
         accelerate: run with `keras_cxr.accel` on (and off again after),
             unless it is on already; same probabilities either way.
+        calibration: a `keras_cxr.calibration.Calibration`, a calibration
+            JSON file or a run directory holding ``calibration.json``, applied
+            to the averaged probabilities. Checked before any model runs: its
+            classes must be the models' and none of the CSV's rows may be one
+            it was fitted on.
 
     Returns:
         `Probabilities` with rows in the CSV's order.
@@ -171,10 +177,10 @@ def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verb
     from keras_cxr import accel
 
     with accel.enabled() if accelerate else contextlib.nullcontext():
-        return _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose)
+        return _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose, calibration)
 
 
-def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose):
+def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose, calibration=None):
     views = parse_tta(tta)
     predictors = [m if isinstance(m, Predictor) else Predictor.load(m) for m in models]
     if not predictors:
@@ -188,6 +194,11 @@ def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose):
             )
     table = read_table(csv_path, images_dir=images_dir, class_names=first.class_names,
                        filename_column=first.filename_column, labels="ignore")
+    if calibration is not None:
+        from keras_cxr.calibration import check_disjoint, resolve
+
+        calibration = resolve(calibration, class_names=first.class_names)
+        check_disjoint(calibration, table.filenames, where=f"the rows of {csv_path}")
     total = np.zeros((len(table), len(first.class_names)), np.float64)
     for i, predictor in enumerate(predictors):
         if verbose:
@@ -195,5 +206,7 @@ def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose):
                   f"{len(views)} view{'s' if len(views) > 1 else ''}: {', '.join(v.name for v in views)})")
         total += predict_probs(predictor.model, predictor.dataset(table, batch_size), verbose=verbose, views=views)
     mean = total / len(predictors)
-    return Probabilities(path=str(csv_path), filenames=table.filenames, values=mean / mean.sum(axis=1, keepdims=True),
-                         class_names=first.class_names)
+    values = mean / mean.sum(axis=1, keepdims=True)
+    if calibration is not None:
+        values = calibration.apply(values)
+    return Probabilities(path=str(csv_path), filenames=table.filenames, values=values, class_names=first.class_names)

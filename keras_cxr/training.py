@@ -8,6 +8,10 @@
 - `history.csv`, `curves.png`: per-epoch losses, val Macro-F1, learning rate,
 - `val_probs.csv`: `best.keras`'s validation probabilities, CSV order,
 - `metrics.json`, `confusion.png`: validation scores and timings,
+- `reliability.png`: the reliability diagram of the validation
+  probabilities, before and after temperature scaling,
+- `calibration.json`: temperature scaling fitted on the validation rows
+  (`keras_cxr.calibration`; `val_probs.csv` stays uncalibrated),
 - `recipe.json`: the resolved recipe,
 - `training_state.npz` while training runs: the snapshot of the last
   completed epoch that `fit_recipe(..., resume=True)` (`keras-cxr fit
@@ -30,7 +34,7 @@ from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.losses import FocalLoss
-from keras_cxr.plots import plot_confusion_matrix, plot_history
+from keras_cxr.plots import plot_confusion_matrix, plot_history, plot_reliability
 from keras_cxr.precision import set_precision
 from keras_cxr.predict import predict_with_labels
 from keras_cxr.predictor import mark_if_built_by_keras_cxr
@@ -273,6 +277,25 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False, accele
         return _fit_recipe(recipe, out_dir, verbose, overwrite, resume)
 
 
+def _calibrate_on_validation(out, val_table, val_probs, val_ids, class_names):
+    """Fit temperature scaling on the validation rows; write calibration.json and reliability.png.
+
+    Returns the validation ECE/Brier/NLL before and after (in-sample and
+    cross-validated) and the temperature, for metrics.json.
+    """
+    from keras_cxr.calibration import fit_calibration
+    from keras_cxr.probabilities import Probabilities
+
+    values = np.asarray(val_probs, dtype=np.float64)
+    probs = Probabilities(str(out / "val_probs.csv"), val_table.filenames, values / values.sum(axis=1, keepdims=True),
+                          tuple(class_names))
+    calibration, report = fit_calibration(probs, val_ids)
+    calibration.save(out / "calibration.json", report)
+    plot_reliability(val_ids, probs.values, out / "reliability.png", calibrated=calibration.apply(probs.values),
+                     labels=("validation", f"after {calibration.describe()} (in-sample)"))
+    return {key: report[key] for key in ("method", "parameters", "before", "in_sample", "cross_validated", "cv_folds")}
+
+
 def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
     started = time.perf_counter()
     if resume:
@@ -375,12 +398,14 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
     summary = classification_summary(val_targets.argmax(axis=1), val_probs, class_names)
     plot_confusion_matrix(summary["confusion_matrix"], class_names, out / "confusion.png",
                           title=f"validation, Macro-F1 {summary['macro_f1']:.3f}")
+    calibration = _calibrate_on_validation(out, val_table, val_probs, val_targets.argmax(axis=1), class_names)
 
     metrics = {
         "best_epoch": checkpoint.best_epoch + 1 if checkpoint.best_source == "epoch" else None,
         "best_source": checkpoint.best_source,
         "val_macro_f1": summary["macro_f1"],
         "validation": summary,
+        "calibration": calibration,
         "swa": None if swa is None else {"val_macro_f1": swa.swa_score, "models_averaged": swa.n_averaged, "used": swa.used},
         "epochs_run": len(history_frame),
         "resumed_after_epoch": initial_epoch or None,

@@ -37,7 +37,7 @@ def _groups(labels_csv, table, column):
 
 
 def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specific", biases=None, cv_folds=5,
-                group_by=None, seed=0):
+                group_by=None, seed=0, calibration=None):
     """Fit a blend on labeled probability files and apply it to the rows to predict.
 
     Args:
@@ -51,6 +51,10 @@ def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specif
         method, biases, cv_folds, seed: as `keras_cxr.blend.fit_blend`.
         group_by: a column of `labels_csv` (e.g. ``patient_id``) whose rows
             stay in one part of the cross-validation.
+        calibration: a `keras_cxr.calibration.Calibration`, a calibration
+            JSON file or a run directory holding ``calibration.json``,
+            applied to the blend's probabilities of the rows to predict
+            (refused when it was fitted on any of them).
 
     Returns:
         The report written to ``blend.json``.
@@ -78,6 +82,11 @@ def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specif
             f"{len(overlap)} row(s) to predict in {test_paths[0]} also have labels in {labels_csv} ({shown}); "
             "a blend fitted on those labels would leak them into the predictions"
         )
+    if calibration is not None:
+        from keras_cxr.calibration import check_disjoint, resolve
+
+        calibration = resolve(calibration, class_names=table.class_names)
+        check_disjoint(calibration, filenames, where=f"the rows of {test_paths[0]}")
     groups = _groups(labels_csv, table, group_by) if group_by else None
 
     out = pathlib.Path(out_dir)
@@ -85,6 +94,8 @@ def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specif
     result = fit_blend(labeled, table.class_ids, method=method, biases=biases, folds=cv_folds, seed=seed,
                        groups=groups, model_names=val_paths, class_names=table.class_names)
     probs = result.predict_proba(to_predict)
+    if calibration is not None:
+        probs = calibration.apply(probs)
     write_probabilities(out / "probs.csv", filenames, probs, table.class_names)
     write_submission(out / "submission.csv", filenames, probs, table.class_names)
     report = {
@@ -94,5 +105,8 @@ def blend_files(val_paths, labels_csv, test_paths, out_dir, method="class-specif
         "test": test_paths,
         "test_rows": len(filenames),
     }
+    if calibration is not None:
+        report["calibration"] = {"file": calibration.path, "method": calibration.method,
+                                 "parameters": calibration.parameters}
     write_json_atomic(report, out / "blend.json")
     return report

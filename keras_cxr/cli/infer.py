@@ -17,8 +17,10 @@ from keras_cxr.cli._common import Reported, UserError, accelerate_command, check
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Probability file to write.")
 @click.option("--submission", type=click.Path(dir_okay=False), help="Also write a one-hot submission CSV.")
+@click.option("--calibration", "calibration_path", type=click.Path(),
+              help="Calibration to apply: a JSON from `keras-cxr calibrate`, or a run directory (its calibration.json).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission, quiet):
+def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission, calibration_path, quiet):
     """Average the class probabilities of MODELS (.keras files or run directories) on a CSV."""
     from keras_cxr.tta import parse_tta
 
@@ -30,18 +32,20 @@ def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission,
         if path:
             check_output_file(path, option)
     with Reported():
+        from keras_cxr.calibration import load_calibration
         from keras_cxr.predictor import predict_csv
         from keras_cxr.probabilities import write_probabilities, write_submission
 
+        calibration = load_calibration(calibration_path) if calibration_path else None
         probs = predict_csv(models, csv_path, images_dir=images_dir, tta=tta, batch_size=batch_size,
-                            verbose=0 if quiet else 1, accelerate=accelerate_command())
+                            verbose=0 if quiet else 1, accelerate=accelerate_command(), calibration=calibration)
         write_probabilities(out_path, probs.filenames, probs.values, probs.class_names)
         if submission:
             write_submission(submission, probs.filenames, probs.values, probs.class_names)
     counts = probs.values.argmax(axis=1)
     mix = ", ".join(f"{name} {int((counts == i).sum())}" for i, name in enumerate(probs.class_names))
     click.echo(f"{len(probs)} rows -> {out_path}" + (f" and {submission}" if submission else "")
-               + f"; predicted: {mix}")
+               + f"; predicted: {mix}" + (f"; calibrated: {calibration.describe()}" if calibration else ""))
 
 
 @click.command()
@@ -107,20 +111,24 @@ class _BlendCommand(click.Command):
               help="Parts of the labeled rows for the cross-validated estimate.")
 @click.option("--group-by", metavar="COLUMN", help="Keep rows sharing this labels-CSV column in one CV part.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--calibration", "calibration_path", type=click.Path(),
+              help="Calibration applied to the blend's probabilities: a JSON from `keras-cxr calibrate` or a run directory.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-def blend(method, biases, val_paths, labels_csv, test_paths, cv_folds, group_by, seed, out_dir):
+def blend(method, biases, val_paths, labels_csv, test_paths, cv_folds, group_by, seed, calibration_path, out_dir):
     """Fit an ensemble on labeled rows; write probs.csv, submission.csv and blend.json."""
     from keras_cxr.blend.files import blend_files
 
     with Reported(ValueError):
         report = blend_files(val_paths, labels_csv, test_paths, out_dir, method=method, biases=biases,
-                             cv_folds=cv_folds, group_by=group_by, seed=seed)
+                             cv_folds=cv_folds, group_by=group_by, seed=seed, calibration=calibration_path)
     for name, score in report["single_models"].items():
         click.echo(f"single model {name}: Macro-F1 {score:.4f} on the labeled rows")
     click.echo(f"{'candidate':<28} in-sample  cross-validated")
     for name, scores in report["candidates"].items():
         mark = " <- chosen" if name == report["chosen"] else ""
         click.echo(f"{name:<28} {scores['in_sample_macro_f1']:9.4f}  {scores['cv_macro_f1']:15.4f}{mark}")
+    if "calibration" in report:
+        click.echo(f"calibrated with {report['calibration']['file']} ({report['calibration']['method']} scaling)")
     click.echo(f"{report['test_rows']} rows -> {out_dir}/probs.csv, submission.csv, blend.json")
 
 
