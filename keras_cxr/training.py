@@ -20,6 +20,7 @@
 
 import contextlib
 import json
+import os
 import pathlib
 import time
 
@@ -296,6 +297,20 @@ def _calibrate_on_validation(out, val_table, val_probs, val_ids, class_names):
     return {key: report[key] for key in ("method", "parameters", "before", "in_sample", "cross_validated", "cv_folds")}
 
 
+def _environment():
+    """What the run ran on, for its report."""
+    import platform
+
+    import torch
+
+    from keras_cxr import __version__
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return {"keras_cxr": __version__, "keras": keras.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "device": device,
+            "torch_threads": torch.get_num_threads()}
+
+
 def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
     started = time.perf_counter()
     if resume:
@@ -416,6 +431,7 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
         "skipped_images": skipped_images,
         "train_images_per_second": throughput.images_per_second,
         "seconds": time.perf_counter() - started,
+        "environment": _environment(),
     }
     write_json_atomic(metrics, out / "metrics.json")
     (out / STATE_FILE).unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 import click
 
-from keras_cxr.cli import infer, train
+from keras_cxr.cli import audit, calibrate, explain, infer, report, train
 from keras_cxr.cli._common import FLAGS
 
 
@@ -17,7 +17,8 @@ def main(ctx, no_accel):
 
 
 for _command in (train.fit, train.list_models, train.kfold, train.oof, infer.predict, infer.evaluate, infer.blend,
-                 infer.pseudo_label):
+                 infer.pseudo_label, calibrate.calibrate, audit.audit, explain.explain,
+                 report.report):
     main.add_command(_command)
 
 __all__ = ["FLAGS", "main"]

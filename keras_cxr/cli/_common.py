@@ -18,6 +18,8 @@ FLAGS = {
     "test_paths": "--test", "thresholds": "--thresholds", "weight": "--weight", "max_per_class": "--max-per-class",
     "folds_dir": "--folds-dir", "fold": "--fold", "make_folds": "keras-cxr kfold",
     "fold_csvs": "keras-cxr fit --folds-dir DIR --fold K",
+    "calibration": "--calibration", "method": "--method", "cv_folds": "--cv-folds", "model": "MODEL", "target": "--class",
+    "run_dir": "RUN", "probs": "--probs", "labels": "--labels", "audit": "--audit",
 }
 
 
@@ -44,15 +46,25 @@ class Reported:
 
     Args:
         *more: further exception types that mean bad input in this block.
+        table: the option naming the CSV of this block; a table error
+            (which lists every problem) is then told as that option and its
+            first problem, with the count of the others.
     """
 
-    def __init__(self, *more):
+    def __init__(self, *more, table=None):
         self.more = more
+        self.table = table
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
+        from keras_cxr.data import TableError
+
+        if self.table is not None and isinstance(error, TableError):
+            more = len(error.problems) - 1
+            raise UserError(f"{self.table} {error.problems[0].strip()}"
+                            + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")) from None
         if error is not None and isinstance(error, (*user_errors(), *self.more)):
             raise UserError(worded(error)) from None
         return False
