@@ -40,23 +40,16 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from keras_cxr.errors import FieldError
+from keras_cxr.errors import FieldError, listing
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.probabilities import Probabilities, read_probabilities
 
-_MAX_LISTED = 5
 RANKED_BY = "self_confidence"
 SHEET_IMAGE_SIZE = 224
 
 
 class AuditError(FieldError):
     """Probabilities and labels that cannot be audited together; the message says why."""
-
-
-def _listing(items, limit=_MAX_LISTED):
-    items = list(items)
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -105,7 +98,7 @@ def _read_labels(labels_csv, images_dir, class_names):
     unknown = [c for c in class_names if c not in columns]
     if unknown:
         raise AuditError(
-            f"labels {labels_csv} has no column for class(es) {_listing(unknown)} of the probabilities "
+            f"labels {labels_csv} has no column for class(es) {listing(unknown)} of the probabilities "
             f"(its columns: {', '.join(map(repr, columns))})"
         )
     from keras_cxr.constants import CLASS_NAMES
@@ -113,7 +106,7 @@ def _read_labels(labels_csv, images_dir, class_names):
     uncovered = [c for c in CLASS_NAMES if c in columns and c not in class_names]
     if uncovered:
         raise AuditError(
-            f"labels {labels_csv} has class column(s) {_listing(uncovered)} that the probabilities lack "
+            f"labels {labels_csv} has class column(s) {listing(uncovered)} that the probabilities lack "
             f"(their classes: {', '.join(map(repr, class_names))})"
         )
     try:
@@ -175,7 +168,7 @@ def _check_out_of_sample(probs, paths):
     if seen:
         raise AuditError(
             f"{probs.path}: {len(seen)} of its {len(probs)} rows are training rows of the run in {run_dir} "
-            f"({_listing(seen)}), so their probabilities are in-sample and hide label errors; "
+            f"({listing(seen)}), so their probabilities are in-sample and hide label errors; "
             "audit out-of-fold probabilities (one run per fold, each predicting only its held-out rows)"
         )
     return note
@@ -192,7 +185,7 @@ def _aligned_rows(probs, table):
     if missing:
         raise AuditError(
             f"{len(missing)} of {len(probs)} rows of {probs.path} have no label in {table.csv_path} "
-            f"({_listing(missing)})"
+            f"({listing(missing)})"
         )
     return np.array([position[name] for name in probs.filenames], dtype=np.int64)
 

@@ -39,6 +39,7 @@ import pathlib
 import numpy as np
 from scipy import optimize, special
 
+from keras_cxr.errors import listing
 from keras_cxr.evaluation import LOG_CLIP, calibration_scores
 from keras_cxr.io import write_json_atomic
 from keras_cxr.probabilities import ProbabilityError
@@ -49,7 +50,6 @@ FORMAT = "keras-cxr calibration"
 # Bounds of the temperature search (on log T) and the pull of vector scaling toward the identity.
 TEMPERATURE_RANGE = (0.01, 100.0)
 VECTOR_L2 = 1e-3
-_MAX_LISTED = 5
 
 
 class CalibrationError(ProbabilityError):
@@ -63,12 +63,6 @@ def _error(template):
 
 def _logits(values):
     return np.log(np.clip(np.asarray(values, dtype=np.float64), LOG_CLIP, 1.0))
-
-
-def _listing(items):
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -401,7 +395,7 @@ def check_disjoint(calibration, filenames, where="the rows to predict"):
     overlap = [f for f in filenames if f in fitted]
     if overlap:
         raise _error(
-            f"{{calibration}} {calibration.name} was fitted on {len(overlap)} of {where} ({_listing(overlap)}); "
+            f"{{calibration}} {calibration.name} was fitted on {len(overlap)} of {where} ({listing(overlap, quote=False)}); "
             "fit it on validation or out-of-fold rows that are not predicted"
         )
 

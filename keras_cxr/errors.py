@@ -55,3 +55,10 @@ class FieldError(FieldText, ValueError):
     def __init__(self, template, **wording):
         FieldText.__init__(self, template, **wording)
         ValueError.__init__(self, self.render())
+
+
+def listing(items, limit=5, quote=True):
+    """The first `limit` items, comma-separated (repr'd when `quote`), then how many more: for messages."""
+    items = list(items)
+    shown = ", ".join(repr(i) if quote else str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -23,22 +23,15 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr.constants import CLASS_NAMES
-from keras_cxr.errors import FieldError
+from keras_cxr.errors import FieldError, listing
 from keras_cxr.io import write_csv_atomic
 
 # Rows must sum to 1 within this; CSVs written with 6+ significant digits pass.
 ROW_SUM_TOLERANCE = 1e-3
-_MAX_LISTED = 5
 
 
 class ProbabilityError(FieldError):
     """A probability file is unusable, or does not match the rows it should."""
-
-
-def _listing(items, limit=_MAX_LISTED):
-    items = list(items)
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -77,9 +70,9 @@ class Probabilities:
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"{len(missing)} row(s) of {other} are not in {self.path} ({_listing(missing)})")
+                parts.append(f"{len(missing)} row(s) of {other} are not in {self.path} ({listing(missing)})")
             if extra:
-                parts.append(f"{len(extra)} row(s) of {self.path} are not in {other} ({_listing(extra)})")
+                parts.append(f"{len(extra)} row(s) of {self.path} are not in {other} ({listing(extra)})")
             raise ProbabilityError("filenames differ: " + "; ".join(parts))
         order = [position[f] for f in filenames]
         return dataclasses.replace(self, filenames=filenames, values=self.values[order])
@@ -123,7 +116,7 @@ def read_probabilities(path, class_names=None, filename_column="new_filename"):
     missing = [c for c in class_names if c not in frame.columns]
     if missing:
         raise ProbabilityError(
-            f"{path} line 1: missing class column(s) {_listing(missing)} (columns: {list(frame.columns)})"
+            f"{path} line 1: missing class column(s) {listing(missing)} (columns: {list(frame.columns)})"
         )
     if not len(frame):
         raise ProbabilityError(f"{path}: has a header but no rows")

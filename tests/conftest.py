@@ -39,3 +39,15 @@ def _acceleration_off_after_each_test():
 
     if accel.active():
         accel.disable()
+
+
+@pytest.fixture(scope="session")
+def untrained_model_file(tmp_path_factory):
+    """A `.keras` file of an untrained cxr_resnet at 64 px (seeded), without a run directory."""
+    from keras_cxr import models
+    from keras_cxr.seeding import set_seed
+
+    set_seed(0)
+    path = tmp_path_factory.mktemp("untrained") / "best.keras"
+    models.build("cxr_resnet", image_size=64).save(path)
+    return path

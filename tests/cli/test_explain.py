@@ -3,21 +3,16 @@
 import pytest
 from click.testing import CliRunner
 
-from keras_cxr import models
 from keras_cxr.cli import main
-from keras_cxr.seeding import set_seed
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    set_seed(0)
-    path = tmp_path_factory.mktemp("model") / "best.keras"
-    models.build("cxr_resnet", image_size=48).save(path)
-    return path
+@pytest.fixture
+def model_file(untrained_model_file):
+    return untrained_model_file
 
 
 def test_explain_writes_maps_and_says_where(model_file, cxr4_dir, tmp_path):

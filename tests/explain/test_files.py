@@ -7,17 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from keras_cxr import models
 from keras_cxr.explain import ExplainError, explain_csv
-from keras_cxr.seeding import set_seed
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    set_seed(0)
-    path = tmp_path_factory.mktemp("model") / "best.keras"
-    models.build("cxr_resnet", image_size=64).save(path)
-    return path
+@pytest.fixture
+def model_file(untrained_model_file):
+    return untrained_model_file
 
 
 def test_writes_a_map_png_and_array_per_image_and_a_contact_sheet(model_file, cxr4_dir, tmp_path):
