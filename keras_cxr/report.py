@@ -185,7 +185,9 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
     names = summary["class_names"]
     sections = [f"<h1>keras-cxr run: {html.escape(str(run))}</h1>",
                 f"<p>{html.escape(recipe['model']['name'])} at {metrics.get('image_size')} px, "
-                f"{metrics.get('epochs_run')} epochs, {metrics.get('seconds', 0) / 60:.1f} min; "
+                f"{metrics.get('epochs_run')} epochs, {metrics.get('seconds', 0) / 60:.1f} min"
+                + (f" (of the session that resumed after epoch {metrics['resumed_after_epoch']})"
+                   if metrics.get("resumed_after_epoch") else "") + "; "
                 f"scored on {html.escape(where)}: <b>Macro-F1 {summary['macro_f1']:.4f}</b>, "
                 f"accuracy {summary['accuracy']:.4f}, ECE {summary['ece']:.4f}"
                 + (f", Brier {summary['brier']:.4f}, NLL {summary['nll']:.4f}" if "brier" in summary else "")
