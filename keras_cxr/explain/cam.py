@@ -2,10 +2,9 @@
 
 A Keras model on the torch backend runs eagerly as torch operations, so the
 gradient of a class logit with respect to the feature tensor that
-`feature_model` exposes is one `torch.autograd.grad` call. (pytorch-grad-cam
-attaches `register_forward_hook`s to `torch.nn.Module`s; a Keras layer's
-`__call__` is Keras's own and never runs those hooks, and the package also
-needs torchvision: see the README.)
+`feature_model` exposes is one `torch.autograd.grad` call. (The grad-cam
+package gives the same maps on keras-cxr models with an NCHW adapter, see
+benchmarks/gradcam_crosscheck.py, but needs torchvision: see the README.)
 
 - Grad-CAM (Selvaraju et al., 2017): channel weights are the spatial mean
   of the gradients; the map is ReLU(sum_c weight_c * A_c).
