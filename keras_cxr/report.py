@@ -67,32 +67,24 @@ def _read_json(path):
         raise ReportError(f"{{run_dir}}: cannot read {path} ({e})", run_dir="run_dir") from None
 
 
-def _scores(run, metrics, probs, labels):
-    """(summary dict, Probabilities, labels CSV, where) of the rows the page scores."""
-    from keras_cxr.evaluation import evaluate_probabilities
-    from keras_cxr.probabilities import read_probabilities
+def _scored_rows(run, probs, labels):
+    """(probability file, labels CSV, where in words) of the rows the page scores."""
     from keras_cxr.recipe import Recipe
     from keras_cxr.training import resolve_data_dir
 
     if probs is None:
         data = Recipe.from_dict(_read_json(run / "recipe.json")).data
         labels = resolve_data_dir(data) / data.val_csv
-        probs = run / "val_probs.csv"
-        where = f"validation rows ({labels})"
-    else:
-        where = f"{probs} against {labels}"
-    summary = evaluate_probabilities(probs, labels)
-    return summary, read_probabilities(probs), pathlib.Path(labels), where
+        return run / "val_probs.csv", labels, f"validation rows ({labels})"
+    return probs, pathlib.Path(labels), f"{probs} against {labels}"
 
 
-def _cam_cases(summary, probabilities, table, per_class):
-    """Row indices of the table: per class, up to `per_class` correct then wrong rows, most confident first."""
-    aligned = probabilities.aligned_to(table.filenames, table.csv_path)
-    predicted = aligned.values.argmax(axis=1)
-    truth = table.class_ids
-    confidence = aligned.values.max(axis=1)
+def _cam_cases(values, truth, per_class):
+    """Row indices: per class, up to `per_class` correct then wrong rows, most confident first."""
+    predicted = values.argmax(axis=1)
+    confidence = values.max(axis=1)
     picked = []
-    for c in range(len(summary["class_names"])):
+    for c in range(values.shape[1]):
         for correct in (True, False):
             rows = np.flatnonzero((truth == c) & ((predicted == c) == correct))
             picked += list(rows[np.argsort(-confidence[rows])][:per_class])
@@ -171,6 +163,8 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
         ReportError: a missing or unreadable run file or audit folder.
     """
     from keras_cxr.data import read_table
+    from keras_cxr.evaluation import classification_summary
+    from keras_cxr.probabilities import read_probabilities
 
     run = pathlib.Path(run_dir)
     for name in ("recipe.json", "metrics.json", "best.keras"):
@@ -181,7 +175,11 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
         raise ReportError("{probs} and {labels} go together", probs="probs", labels="labels")
     recipe = _read_json(run / "recipe.json")
     metrics = _read_json(run / "metrics.json")
-    summary, probabilities, labels_csv, where = _scores(run, metrics, probs, labels)
+    probs_path, labels_csv, where = _scored_rows(run, probs, labels)
+    probabilities = read_probabilities(probs_path)
+    table = read_table(labels_csv, class_names=probabilities.class_names, labels="required")
+    aligned = probabilities.aligned_to(table.filenames, labels_csv)
+    summary = {"rows": len(table), **classification_summary(table.class_ids, aligned.values, aligned.class_names)}
     names = summary["class_names"]
     sections = [f"<h1>keras-cxr run: {html.escape(str(run))}</h1>",
                 f"<p>{html.escape(recipe['model']['name'])} at {metrics.get('image_size')} px, "
@@ -198,8 +196,6 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
 
         plot_confusion_matrix(summary["confusion_matrix"], names, folder / "confusion.png",
                               title=f"Macro-F1 {summary['macro_f1']:.3f}")
-        table = read_table(labels_csv, class_names=names, labels="required")
-        aligned = probabilities.aligned_to(table.filenames, labels_csv)
         plot_reliability(table.class_ids, aligned.values, folder / "reliability.png", labels=("reliability", ""))
         sections += ["<h2>Training</h2>",
                      _img(run / "curves.png", "training curves") if (run / "curves.png").is_file()
@@ -211,7 +207,7 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
                      '<div class="row">', _img(folder / "confusion.png", "confusion matrix"),
                      _img(folder / "reliability.png", "reliability diagram"), "</div>"]
         if cams_per_class:
-            rows = _cam_cases(summary, probabilities, table, cams_per_class)
+            rows = _cam_cases(aligned.values, table.class_ids, cams_per_class)
             grid, source = _cam_grid(run, table, rows, folder, method)
             sections += ["<h2>Where the model looked</h2>",
                          f"<p>Per class, the {cams_per_class} most confident correct and wrong rows; {method} on "
