@@ -92,7 +92,9 @@ def load_image(path, size, keep_gray=False):
     ignored: the pixels are used as stored.
 
     Args:
-        path: image file path (JPEG, PNG, or anything Pillow reads).
+        path: image file path (JPEG, PNG, or anything Pillow reads), or an
+            open binary file object (its ``name`` attribute, when present,
+            names it in errors), e.g. `io.BytesIO` of a file's bytes.
         size: output side length in pixels.
         keep_gray: return grayscale files (8-bit, 16-bit, float, 1-bit) as
             `(size, size, 1)` instead of repeating them into three channels,
@@ -134,12 +136,19 @@ def check_image(path):
         to_rgb_uint8(image)
 
 
+def source_name(source):
+    """How errors name an image source: a path, or a file object's ``name`` (``<bytes>`` without one)."""
+    if hasattr(source, "read"):
+        return str(getattr(source, "name", "<bytes>"))
+    return os.fspath(source)
+
+
 @contextlib.contextmanager
-def _opened(path):
-    """`Image.open(path)`, with every failure inside the block turned into an `ImageError` naming `path`."""
-    path = os.fspath(path)
+def _opened(source):
+    """`Image.open(source)`, with every failure inside the block turned into an `ImageError` naming it."""
+    path = source_name(source)
     try:
-        with Image.open(path) as image:
+        with Image.open(source if hasattr(source, "read") else path) as image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make
             # it an error here rather than toggle global warning filters,
             # which is not thread-safe in the data workers.
@@ -159,5 +168,14 @@ def _opened(path):
     except Exception as e:
         # Pillow's decoders raise a zoo of types for broken files (OSError,
         # SyntaxError, struct.error, EOFError, ValueError...).
-        reason = "empty file" if os.path.isfile(path) and os.path.getsize(path) == 0 else str(e)
+        reason = "empty file" if _is_empty(source) else str(e)
         raise ImageError(f"{path}: cannot read image: {reason} ({type(e).__name__})") from e
+
+
+def _is_empty(source):
+    if hasattr(source, "read"):
+        try:
+            return source.seek(0, os.SEEK_END) == 0
+        except (OSError, ValueError):
+            return False
+    return os.path.isfile(source) and os.path.getsize(source) == 0

@@ -191,3 +191,18 @@ def test_gray_files_keep_one_channel_and_match_the_rgb_resize(cxr4_dir):
         with Image.open(path) as image:
             expected = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
         np.testing.assert_array_equal(rgb, expected)
+
+
+def test_file_object_decodes_like_its_path_and_errors_name_it(tmp_path, cxr4_dir):
+    import io
+
+    path = cxr4_dir / "images" / "2.jpeg"
+    data = io.BytesIO(path.read_bytes())
+    data.name = "cxr4:2.jpeg"
+    np.testing.assert_array_equal(load_image(data, 64), load_image(path, 64))
+    broken = io.BytesIO(path.read_bytes()[:500])
+    broken.name = "record 7"
+    with pytest.raises(ImageError, match=r"^record 7: cannot read image"):
+        load_image(broken, 64)
+    with pytest.raises(ImageError, match=r"^<bytes>: cannot read image: empty file"):
+        check_image(io.BytesIO(b""))
