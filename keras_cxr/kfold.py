@@ -148,7 +148,8 @@ def _leak_problems(filenames, paths, where):
     return _listed(same_bytes, "byte-identical pairs")
 
 
-def _groups_by_column(frames, csv_paths, column, where):
+def groups_by_column(frames, csv_paths, column, where):
+    """The group of each row of `frames`: its `column` cell; `where` names the rows in errors."""
     for frame, csv_path in zip(frames, csv_paths):
         if column not in frame.columns:
             raise FoldError(
@@ -164,7 +165,8 @@ def _groups_by_column(frames, csv_paths, column, where):
     return groups
 
 
-def _groups_by_regex(filenames, pattern, where):
+def groups_by_regex(filenames, pattern, where):
+    """The group of each filename: `pattern`'s first capture group (or whole match); `where` names the rows."""
     try:
         compiled = re.compile(pattern)
     except re.error as e:
@@ -190,7 +192,8 @@ def _no_groups_warning(frames):
     return FieldText(f"{NO_GROUPS_WARNING} (pass {{group_by}} {next(iter(columns))!r}?)", group_by="group_by")
 
 
-def _assign_folds(class_ids, groups, folds, seed, class_names):
+def assign_folds(class_ids, groups, folds, seed, class_names):
+    """The 0-based fold of each row: `StratifiedGroupKFold`, checked so every fold holds every class."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
@@ -299,13 +302,13 @@ def make_folds(
 
     warning = None
     if group_by is not None:
-        groups = _groups_by_column(frames, csv_paths, group_by, where)
+        groups = groups_by_column(frames, csv_paths, group_by, where)
     elif group_regex is not None:
-        groups = _groups_by_regex(filenames, group_regex, where)
+        groups = groups_by_regex(filenames, group_regex, where)
     else:
         groups, warning = list(filenames), _no_groups_warning(frames)
     labels = np.concatenate([t.labels for t in tables]).astype(np.int64)
-    fold_of = _assign_folds(labels.argmax(axis=1), groups, folds, seed, class_names)
+    fold_of = assign_folds(labels.argmax(axis=1), groups, folds, seed, class_names)
 
     merged = pd.DataFrame({filename_column: filenames})
     for c, name in enumerate(class_names):

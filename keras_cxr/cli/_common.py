@@ -20,6 +20,7 @@ FLAGS = {
     "fold_csvs": "keras-cxr fit --folds-dir DIR --fold K",
     "calibration": "--calibration", "method": "--method", "cv_folds": "--cv-folds", "model": "MODEL", "target": "--class",
     "run_dir": "RUN", "probs": "--probs", "labels": "--labels", "audit": "--audit",
+    "competition": "--competition", "raw_dir": "--from", "val_fraction": "--val-fraction", "group_regex": "--group-regex",
 }
 
 
