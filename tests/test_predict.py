@@ -13,11 +13,12 @@ from keras_cxr.cli import main
 from keras_cxr.data import Augmentation, CXRDataset, load_image, read_table
 from keras_cxr.data.augment import affine_matrix, warp_affine
 from keras_cxr.data.synthetic import ensure_default_dataset
-from keras_cxr.predict import predict_probs
+from keras_cxr.predict import predict_probs, predict_with_labels
 from keras_cxr.predictor import ModelFileError, Predictor, predict_csv
 from keras_cxr.recipe import Data, Recipe
 from keras_cxr.seeding import set_seed
 from keras_cxr.tta import IDENTITY, parse_tta
+from tests.callbacks.support import BS, ArrayDataset, C, make_data, tiny_model
 
 
 def invoke(*args):
@@ -191,3 +192,25 @@ def test_evaluate_command(run_dir, data_dir, tmp_path):
     result = invoke("evaluate", tmp_path / "short.csv", "--labels", data_dir / "val.csv")
     assert result.exit_code == 2
     assert "filenames differ: 2 row(s) of" in result.output and table.filenames[-1] in result.output
+
+
+def test_predict_probs_order_labels_and_forms():
+    model = tiny_model()
+    x, y = make_data(20, 1)
+    expected = model.predict(x, batch_size=BS, verbose=0)
+    ds = ArrayDataset(x, y)
+    probs, labels = predict_with_labels(model, ds)
+    assert probs.dtype == np.float32 and probs.shape == (20, C)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    np.testing.assert_array_equal(labels, y)
+    assert ds.epoch_ends == 0
+    # (x,) batches, a plain list of batches, a generator, a numpy array, verbose progbar.
+    p2, l2 = predict_with_labels(model, ArrayDataset(x))
+    assert l2 is None
+    np.testing.assert_allclose(p2, expected, atol=1e-6)
+    batches = [(x[i : i + 6], y[i : i + 6], np.ones(len(x[i : i + 6]))) for i in range(0, 20, 6)]
+    p3, l3 = predict_with_labels(model, iter(batches), verbose=1)
+    np.testing.assert_allclose(p3, expected, atol=1e-6)
+    np.testing.assert_array_equal(l3, y)
+    np.testing.assert_allclose(predict_probs(model, x, batch_size=7), expected, atol=1e-6)
+    np.testing.assert_allclose(predict_probs(model, ds, steps=2), expected[:16], atol=1e-6)
