@@ -116,12 +116,62 @@ def _jpeg_bytes(image):
     return buffer.getvalue()
 
 
+def _dicom(pixels=None, **kwargs):
+    """Bytes of a DICOM file (see tests/data/test_dicom.py) of 24x24 noise or `pixels`."""
+    from tests.data.test_dicom import dicom_bytes
+
+    return dicom_bytes(np.asarray(_png("L")) if pixels is None else pixels, **kwargs)
+
+
+def _dicom_without_pixel_data():
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    del ds.PixelData
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _dicom_declaring(rows, columns):
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom()))
+    ds.Rows, ds.Columns = rows, columns
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _dicom_needing_a_handler(path):
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    if get_decoder(JPEGLSLossless).is_available:
+        pytest.skip("a JPEG-LS pixel data handler is installed here")
+    path.write_bytes(pathlib.Path(get_testdata_file("MR_small_jpeg_ls_lossless.dcm")).read_bytes())
+
+
+# case -> (file name, writer, message)
 BAD_IMAGES = {
-    "zero-byte file": (lambda path: path.write_bytes(b""), "cannot read image: empty file"),
-    "truncated JPEG": (lambda path: path.write_bytes(_jpeg_bytes(_png("L", (64, 64)))[:300]), "cannot read image"),
-    "text named .jpeg": (lambda path: path.write_text("not an image"), "cannot read image"),
-    "decompression bomb": (lambda path: Image.new("1", (20000, 20000)).save(path, format="PNG"),
+    "zero-byte file": ("x.jpeg", lambda path: path.write_bytes(b""), "cannot read image: empty file"),
+    "truncated JPEG": ("x.jpeg", lambda path: path.write_bytes(_jpeg_bytes(_png("L", (64, 64)))[:300]),
+                       "cannot read image"),
+    "text named .jpeg": ("x.jpeg", lambda path: path.write_text("not an image"), "cannot read image"),
+    "decompression bomb": ("x.jpeg", lambda path: Image.new("1", (20000, 20000)).save(path, format="PNG"),
                            "possible decompression bomb"),
+    "zero-byte DICOM": ("x.dcm", lambda path: path.write_bytes(b""), "cannot read DICOM: empty file"),
+    "text named .dcm": ("x.dcm", lambda path: path.write_text("not an image"),
+                        "cannot read DICOM: not a DICOM file (no 'DICM' marker at byte 128)"),
+    "DICOM without pixel data": ("x.dcm", lambda path: path.write_bytes(_dicom_without_pixel_data()),
+                                 "cannot read DICOM: no pixel data"),
+    "truncated DICOM": ("x.dcm", lambda path: path.write_bytes(_dicom()[:-100]),
+                        "cannot read DICOM pixel data: truncated file (476 of 576 bytes)"),
+    "DICOM bomb": ("x.dcm", lambda path: path.write_bytes(_dicom_declaring(20000, 20000)),
+                   "20000x20000 pixels exceeds the decompression-bomb limit"),
+    "JPEG-LS DICOM, no handler": ("x.dcm", _dicom_needing_a_handler,
+                                  "cannot decode DICOM transfer syntax 'JPEG-LS Lossless Image Compression'"),
 }
 GOOD_IMAGES = {
     "16-bit PNG": lambda path: _png("I;16").save(path, format="PNG"),
@@ -130,25 +180,31 @@ GOOD_IMAGES = {
     "CMYK JPEG": lambda path: _png("CMYK").save(path, format="JPEG"),
     "1x1 image": lambda path: _png("L", (1, 1)).save(path, format="PNG"),
 }
+# file name -> DICOM bytes, all read by one `predict` (a `predict` per file costs ~5 s)
+GOOD_DICOM = {
+    "mono1.dcm": lambda: _dicom(photometric="MONOCHROME1"),
+    "windowed.dcm": lambda: _dicom(np.asarray(_png("I;16")), bits_stored=12, WindowCenter=2048, WindowWidth=4096),
+    "IM0001": lambda: _dicom(),  # no suffix: found by its 'DICM' marker
+}
 
 
-def predict_one_image(workspace, tmp_path, write):
+def predict_one_image(workspace, tmp_path, name, write):
     images = tmp_path / "imgs"
     images.mkdir()
-    write(images / "x.jpeg")
-    (tmp_path / "t.csv").write_text("new_filename\nx.jpeg\n")
+    write(images / name)
+    (tmp_path / "t.csv").write_text(f"new_filename\n{name}\n")
     return run("predict", workspace / "model", "--csv", tmp_path / "t.csv", "--images", images,
                "--out", tmp_path / "p.csv", "--quiet")
 
 
 @pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_unreadable_images_are_named(case, workspace, tmp_path, monkeypatch):
-    write, message = BAD_IMAGES[case]
-    if case == "decompression bomb":
+    name, write, message = BAD_IMAGES[case]
+    if "bomb" in case:
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
-    result = predict_one_image(workspace, tmp_path, write)
+    result = predict_one_image(workspace, tmp_path, name, write)
     assert result.exit_code == 2, result.output
-    assert "x.jpeg" in result.output and message in result.output
+    assert name in result.output and message in result.output
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -171,19 +227,19 @@ def data_dir_with_images(workspace, tmp_path, broken):
 
 @pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_fit_names_unreadable_training_images_before_training(case, workspace, tmp_path, monkeypatch):
-    write, message = BAD_IMAGES[case]
-    if case == "decompression bomb":
+    name, write, message = BAD_IMAGES[case]
+    if "bomb" in case:
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)
-    folder = data_dir_with_images(workspace, tmp_path, {"x.jpeg": write})
+    folder = data_dir_with_images(workspace, tmp_path, {name: write})
     result = fit(folder)
     assert result.exit_code == 2, result.output
-    assert "train.csv, row 'x.jpeg'" in result.output and message in result.output
+    assert f"train.csv, row '{name}'" in result.output and message in result.output
     assert 'data.on_bad_image="skip"' in result.output
     assert not any((folder / "run").iterdir())  # stopped before writing anything
 
 
 def test_fit_can_skip_unreadable_images_and_lists_them(workspace, tmp_path):
-    broken = {"x.jpeg": BAD_IMAGES["truncated JPEG"][0], "y.png": BAD_IMAGES["zero-byte file"][0]}
+    broken = {"x.jpeg": BAD_IMAGES["truncated JPEG"][1], "y.png": BAD_IMAGES["zero-byte file"][1]}
     folder = data_dir_with_images(workspace, tmp_path, broken)
     result = fit(folder, "--set", "data.on_bad_image=skip", "--epochs", "1", "--set", "swa.start_epoch=none",
                  "--quiet")
@@ -196,9 +252,20 @@ def test_fit_can_skip_unreadable_images_and_lists_them(workspace, tmp_path):
 
 @pytest.mark.parametrize("case", list(GOOD_IMAGES))
 def test_unusual_but_valid_images_are_read(case, workspace, tmp_path):
-    result = predict_one_image(workspace, tmp_path, GOOD_IMAGES[case])
+    result = predict_one_image(workspace, tmp_path, "x.jpeg", GOOD_IMAGES[case])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.csv").read_text().count("\n") == 2
+
+
+def test_dicom_variants_are_read(workspace, tmp_path):
+    for name, data in GOOD_DICOM.items():
+        (tmp_path / name).write_bytes(data())
+    (tmp_path / "t.csv").write_text("\n".join(["new_filename", *GOOD_DICOM]) + "\n")
+    result = run("predict", workspace / "model", "--csv", tmp_path / "t.csv", "--images", tmp_path,
+                 "--out", tmp_path / "p.csv", "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == list(GOOD_DICOM)
 
 
 @pytest.mark.parametrize(

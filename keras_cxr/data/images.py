@@ -1,7 +1,9 @@
 """Decode an image file into a square uint8 RGB array.
 
 Every pixel the models see goes through `load_image`: training, evaluation
-and prediction resize the same way, so there is no train/test skew.
+and prediction resize the same way, so there is no train/test skew. DICOM
+files become 8-bit images in `keras_cxr.data.dicom` first, then take the
+same path.
 """
 
 import contextlib
@@ -9,6 +11,8 @@ import os
 
 import numpy as np
 from PIL import Image
+
+from keras_cxr.data import dicom
 
 
 class ImageError(ValueError):
@@ -92,9 +96,11 @@ def load_image(path, size, keep_gray=False):
     ignored: the pixels are used as stored.
 
     Args:
-        path: image file path (JPEG, PNG, or anything Pillow reads), or an
-            open binary file object (its ``name`` attribute, when present,
-            names it in errors), e.g. `io.BytesIO` of a file's bytes.
+        path: image file path (JPEG, PNG, anything Pillow reads, or DICOM:
+            a ``.dcm``/``.dicom`` name or the ``DICM`` marker at byte 128,
+            see `keras_cxr.data.dicom`), or an open binary file object (its
+            ``name`` attribute, when present, names it in errors), e.g.
+            `io.BytesIO` of a file's bytes.
         size: output side length in pixels.
         keep_gray: return grayscale files (8-bit, 16-bit, float, 1-bit) as
             `(size, size, 1)` instead of repeating them into three channels,
@@ -107,7 +113,9 @@ def load_image(path, size, keep_gray=False):
 
     Raises:
         ImageError: for a missing, empty, truncated, non-image or
-            oversized (decompression bomb) file; the message names `path`.
+            oversized (decompression bomb) file, or a DICOM file without
+            pixel data or compressed in a transfer syntax no installed
+            handler decodes; the message names `path`.
 
     Example:
 
@@ -128,6 +136,7 @@ def check_image(path):
 
     JPEGs are decoded at a reduced scale (Pillow's `draft`), which still
     reads the whole file, so truncated and corrupt files fail here too.
+    DICOM files are decoded in full.
     """
     with _opened(path) as image:
         if image.format == "JPEG":
@@ -145,8 +154,18 @@ def source_name(source):
 
 @contextlib.contextmanager
 def _opened(source):
-    """`Image.open(source)`, with every failure inside the block turned into an `ImageError` naming it."""
+    """`Image.open(source)`, with every failure inside the block turned into an `ImageError` naming it.
+
+    A DICOM source yields the image `keras_cxr.data.dicom.read_image` decodes.
+    """
     path = source_name(source)
+    if dicom.is_dicom(source, path):
+        try:
+            image = dicom.read_image(source, path)
+        except dicom.DicomError as e:
+            raise ImageError(str(e)) from e
+        yield image
+        return
     try:
         with Image.open(source if hasattr(source, "read") else path) as image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make
