@@ -8,6 +8,7 @@ with `set_epoch` sees the same data as an uninterrupted one.
 
 import math
 import mmap
+import multiprocessing as mp
 
 import cv2
 import keras
@@ -96,7 +97,10 @@ class CXRDataset(keras.utils.PyDataset):
     and after `on_epoch_end`, so they always see the current epoch.
 
     Args:
-        table: a `Table`; must be labeled when `training=True`.
+        table: a `Table`; must be labeled when `training=True`. Its images
+            are its files, or its stored `images` (e.g. a TFDS build read
+            with `keras_cxr.data.tfds.read_tfds_table`; those are read by
+            worker threads, and forked worker processes are refused).
         image_size: side length `S` of the square images.
         batch_size: rows per batch.
         training: training mode (sampling, augmentation, mixing) or
@@ -149,6 +153,10 @@ class CXRDataset(keras.utils.PyDataset):
             raise ValueError(f"{table.csv_path}: the table has no rows")
         if training and not table.is_labeled:
             raise ValueError(f"{table.csv_path}: training needs a labeled table")
+        start_method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]  # without fixing it
+        if use_multiprocessing and not getattr(table.images, "fork_safe", True) and start_method == "fork":
+            raise ValueError(f"{table.csv_path}: its stored images cannot be read in forked worker processes; "
+                             "use worker threads (use_multiprocessing=False)")
         self._table = table
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -217,7 +225,7 @@ class CXRDataset(keras.utils.PyDataset):
         """
         image = self._cache.get(row) if self._cache is not None else None
         if image is None:
-            image = load_image(self._table.paths[row], self.image_size, keep_gray=True)
+            image = load_image(self._table.image_source(row), self.image_size, keep_gray=True)
             if self.augmentation is not None:
                 image = self.augmentation.preprocess(image)
             if self._cache is not None:

@@ -9,6 +9,7 @@ raises one `TableError` that lists every problem with its CSV line number.
 
 import dataclasses
 import functools
+import io
 import math
 import os
 
@@ -50,6 +51,14 @@ class Table:
         labels: `(N, C)` float32 targets, or `None` for an unlabeled table.
         sample_weight: `(N,)` float32 non-negative weights, or `None`.
         class_names: the `C` class names, in label column order.
+        images: where the images are when not in files: `images[row]`
+            returns row `row`'s encoded image file as bytes (e.g. from a
+            TFDS build, `keras_cxr.data.tfds.read_tfds_table`), and `len`
+            is the row count. `None` (tables read from CSV): the images are
+            the files at `paths`. With `images`, `paths` only name and
+            compare rows; use `image_source` to read an image either way.
+            A store with ``fork_safe = False`` is not read in forked
+            worker processes (`CXRDataset` refuses them).
 
     Example:
 
@@ -69,6 +78,7 @@ class Table:
     labels: np.ndarray | None
     sample_weight: np.ndarray | None
     class_names: tuple[str, ...] = CLASS_NAMES
+    images: object = None
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -79,6 +89,8 @@ class Table:
         n, c = len(self.filenames), len(self.class_names)
         if len(self.paths) != n:
             raise ValueError(f"Table: {len(self.paths)} paths for {n} filenames")
+        if self.images is not None and len(self.images) != n:
+            raise ValueError(f"Table: {len(self.images)} stored images for {n} filenames")
         if self.labels is not None:
             labels = _frozen_array(self.labels, np.float32)
             if labels.shape != (n, c):
@@ -122,6 +134,14 @@ class Table:
         """`(C,)` int array: how many rows have each class as their argmax."""
         return np.bincount(self.class_ids, minlength=self.num_classes)
 
+    def image_source(self, row):
+        """What `load_image` reads for row `row`: its file path, or its stored bytes as a named file object."""
+        if self.images is None:
+            return self.paths[row]
+        data = io.BytesIO(self.images[row])
+        data.name = f"{self.csv_path}: {self.filenames[row]}"
+        return data
+
     def subset(self, indices):
         """Return the rows at `indices` (integer positions or a boolean mask)."""
         indices = np.asarray(indices)
@@ -137,14 +157,16 @@ class Table:
             labels=None if self.labels is None else self.labels[indices],
             sample_weight=None if self.sample_weight is None else self.sample_weight[indices],
             class_names=self.class_names,
+            images=None if self.images is None else _Rows.of(self.images, indices),
         )
 
     @classmethod
     def concat(cls, tables):
         """Join tables row-wise: `Table.concat([a, b])`.
 
-        All tables must have the same class names and be all labeled or all
-        unlabeled. If any table has sample weights, rows from tables without
+        All tables must have the same class names, be all labeled or all
+        unlabeled, and all read their images from files or all from stored
+        `images`. If any table has sample weights, rows from tables without
         them get weight 1.
         """
         if not tables:
@@ -161,6 +183,11 @@ class Table:
                     f"cannot concatenate labeled and unlabeled tables "
                     f"({first.csv_path}, {t.csv_path})"
                 )
+            if (t.images is None) != (first.images is None):
+                raise ValueError(
+                    f"cannot concatenate a table of image files with one of stored images "
+                    f"({first.csv_path}, {t.csv_path})"
+                )
         weighted = any(t.sample_weight is not None for t in tables)
         return cls(
             csv_path=" + ".join(dict.fromkeys(t.csv_path for t in tables)),
@@ -175,7 +202,48 @@ class Table:
                 else None
             ),
             class_names=first.class_names,
+            images=None if first.images is None else _Rows.chain([t.images for t in tables]),
         )
+
+
+class _Rows:
+    """Selected rows of image stores: `_Rows(parts, p, r)[i]` is `parts[p[i]][r[i]]`.
+
+    Holds only its stores and integer indices, so it pickles for worker
+    processes whenever the stores do.
+    """
+
+    def __init__(self, parts, part_index, row_index):
+        self.parts = tuple(parts)
+        self.part_index = _frozen_array(part_index, np.int32)
+        self.row_index = _frozen_array(row_index, np.int64)
+
+    @classmethod
+    def of(cls, images, indices):
+        """Rows `indices` of `images` (selecting from a selection selects from its stores)."""
+        if isinstance(images, cls):
+            return cls(images.parts, images.part_index[indices], images.row_index[indices])
+        return cls([images], np.zeros(len(indices), np.int32), indices)
+
+    @classmethod
+    def chain(cls, stores):
+        """All rows of `stores`, one after the other."""
+        whole = [images if isinstance(images, cls) else cls.of(images, np.arange(len(images))) for images in stores]
+        parts, part_index = [], []
+        for selection in whole:
+            part_index.append(selection.part_index + len(parts))
+            parts += selection.parts
+        return cls(parts, np.concatenate(part_index), np.concatenate([s.row_index for s in whole]))
+
+    @property
+    def fork_safe(self):
+        return all(getattr(part, "fork_safe", True) for part in self.parts)
+
+    def __len__(self):
+        return len(self.row_index)
+
+    def __getitem__(self, row):
+        return self.parts[self.part_index[row]][self.row_index[row]]
 
 
 def _parse_label_row(cells, class_names, where):
