@@ -14,6 +14,9 @@ error = FieldError("{out_dir} runs/a holds an unfinished run; continue it with {
 str(error)                                                  # "out_dir runs/a ... with resume=True"
 error.render({"out_dir": "--out", "resume": "--resume"})    # "--out runs/a ... with --resume"
 ```
+
+`ModelFileError` lives here too: the predictor and the readers of exported
+files both raise it, and neither imports the other.
 """
 
 import re
@@ -62,3 +65,7 @@ def listing(items, limit=5, quote=True):
     items = list(items)
     shown = ", ".join(repr(i) if quote else str(i) for i in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class ModelFileError(ValueError):
+    """A model file (a `.keras` file, an exported `.onnx` / `.pt`) cannot be used; the message starts with the file."""

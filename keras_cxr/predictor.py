@@ -8,6 +8,12 @@ recipe used them) from there, so inference sees the images the way training
 did. A model without a ``recipe.json`` gets no preprocessing and the default
 class names.
 
+Exported files (`keras_cxr.export`) carry their class names, image size and
+folded-in calibration inside: a `.keras` export is read like any `.keras`
+file, and a `.onnx` file becomes an `OnnxPredictor`, run by onnxruntime
+without Keras or torch. `predict_csv` averages both kinds alike, and imports
+Keras only when one of its models is a `.keras` file.
+
 Example:
 
 ```python
@@ -26,15 +32,11 @@ import zipfile
 import numpy as np
 
 from keras_cxr.constants import CLASS_NAMES
-from keras_cxr.data import CXRDataset, read_table
 from keras_cxr.data.augment import Augmentation
-from keras_cxr.predict import predict_probs
+from keras_cxr.data.table import read_table
+from keras_cxr.errors import ModelFileError
 from keras_cxr.probabilities import Probabilities
 from keras_cxr.tta import parse_tta
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be used for prediction."""
 
 
 def _resolve_model_path(path):
@@ -43,9 +45,18 @@ def _resolve_model_path(path):
         path = path / "best.keras"
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    if path.suffix != ".keras":
-        raise ModelFileError(f"{path}: expected a .keras model file (or a run directory holding best.keras)")
+    if path.suffix not in (".keras", ".onnx"):
+        raise ModelFileError(f"{path}: expected a .keras or .onnx model file (or a run directory holding best.keras)")
     return path
+
+
+def _is_onnx(model):
+    """An `.onnx` path or a loaded `OnnxPredictor`: a model that runs without Keras."""
+    if isinstance(model, (str, os.PathLike)):
+        return pathlib.Path(model).suffix == ".onnx"
+    from keras_cxr.export.onnx_model import OnnxPredictor
+
+    return isinstance(model, OnnxPredictor)
 
 
 def _read_run_recipe(model_path):
@@ -112,6 +123,7 @@ class Predictor:
         preprocessing: the recipe's `Augmentation` when it has deterministic
             preprocessing (CLAHE / unsharp), else None.
         filename_column: the recipe's filename column.
+        calibration: the `Calibration` folded into an exported model, else None.
     """
 
     path: str
@@ -119,6 +131,7 @@ class Predictor:
     class_names: tuple[str, ...]
     preprocessing: Augmentation | None
     filename_column: str = "new_filename"
+    calibration: object = None
 
     @property
     def image_size(self):
@@ -126,15 +139,23 @@ class Predictor:
 
     @classmethod
     def load(cls, path):
-        """Load a `.keras` file, or `best.keras` of a run directory."""
+        """Load a `.keras` file, `best.keras` of a run directory, or an exported `.onnx` file (an `OnnxPredictor`)."""
+        from keras_cxr.export import metadata
+
         path = _resolve_model_path(path)
-        recipe = _read_run_recipe(path)
+        if path.suffix == ".onnx":
+            from keras_cxr.export.onnx_model import OnnxPredictor
+
+            return OnnxPredictor.load(path)
+        exported = metadata.read_keras(path)
+        recipe = None if exported is not None else _read_run_recipe(path)
         model = load_model_file(path)
-        data = (recipe or {}).get("data", {})
+        data = exported or (recipe or {}).get("data", {})
         class_names = tuple(data.get("class_names", CLASS_NAMES))
         outputs = int(model.output_shape[-1])
         if outputs != len(class_names):
-            source = f"{path.parent / 'recipe.json'}" if recipe else "the default class names"
+            source = ("its keras-cxr metadata" if exported is not None
+                      else f"{path.parent / 'recipe.json'}" if recipe else "the default class names")
             raise ModelFileError(
                 f"{path}: the model has {outputs} outputs but {source} names {len(class_names)} classes "
                 f"({', '.join(class_names)})"
@@ -143,11 +164,21 @@ class Predictor:
         if recipe and "augmentation" in recipe:
             augmentation = Augmentation.from_dict(recipe["augmentation"])
             preprocessing = augmentation if augmentation.has_preprocessing else None
-        return cls(str(path), model, class_names, preprocessing, data.get("filename_column", "new_filename"))
+        calibration = metadata.calibration_of(exported, path) if exported is not None else None
+        return cls(str(path), model, class_names, preprocessing, data.get("filename_column") or "new_filename",
+                   calibration)
 
     def dataset(self, table, batch_size=32):
         """An evaluation-mode `CXRDataset` of `table` at this model's size."""
+        from keras_cxr.data.dataset import CXRDataset
+
         return CXRDataset(table, self.image_size, batch_size=batch_size, augmentation=self.preprocessing)
+
+    def predict_table(self, table, batch_size=32, views=None, verbose=0):
+        """Probabilities `(N, C)` float32 of the rows of `table`, in order (`views`: test-time augmentation)."""
+        from keras_cxr.predict import predict_probs
+
+        return predict_probs(self.model, self.dataset(table, batch_size), verbose=verbose, views=views)
 
 
 def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verbose=0, accelerate=True,
@@ -155,34 +186,42 @@ def predict_csv(models, csv_path, images_dir=None, tta=None, batch_size=32, verb
     """Average the probabilities of `models` over the rows of `csv_path`.
 
     Args:
-        models: `.keras` paths or run directories (or loaded `Predictor`s).
-            They must agree on class names; image sizes may differ.
+        models: `.keras` or exported `.onnx` paths, run directories, or
+            loaded `Predictor`s / `OnnxPredictor`s. They must agree on class
+            names; image sizes may differ. With only `.onnx` files, neither
+            Keras nor torch is imported.
         csv_path: a table CSV; its labels, if any, are not read.
         images_dir: the image folder (default: ``images/`` beside the CSV;
             rows with a ``source_dir`` use that).
         tta: test-time augmentation, e.g. ``"rotate,zoom"`` (see `keras_cxr.tta`).
         batch_size: images per forward pass.
         verbose: 1 prints each model and a progress bar.
-        accelerate: run with `keras_cxr.accel` on (and off again after),
-            unless it is on already; same probabilities either way.
+        accelerate: run the Keras models with `keras_cxr.accel` on (and off
+            again after), unless it is on already; same probabilities either way.
         calibration: a `keras_cxr.calibration.Calibration`, a calibration
             JSON file or a run directory holding ``calibration.json``, applied
             to the averaged probabilities. Checked before any model runs: its
             classes must be the models' and none of the CSV's rows may be one
-            it was fitted on.
+            it was fitted on. Refused when a model has one folded in already;
+            a folded-in calibration is checked against the rows the same way.
 
     Returns:
         `Probabilities` with rows in the CSV's order.
     """
-    from keras_cxr import accel
+    models = list(models)
+    if accelerate and not all(_is_onnx(m) for m in models):
+        from keras_cxr import accel
 
-    with accel.enabled() if accelerate else contextlib.nullcontext():
+        context = accel.enabled()
+    else:
+        context = contextlib.nullcontext()
+    with context:
         return _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose, calibration)
 
 
 def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose, calibration=None):
     views = parse_tta(tta)
-    predictors = [m if isinstance(m, Predictor) else Predictor.load(m) for m in models]
+    predictors = [Predictor.load(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
     if not predictors:
         raise ValueError("predict needs at least one model")
     first = predictors[0]
@@ -194,17 +233,23 @@ def _predict_csv(models, csv_path, images_dir, tta, batch_size, verbose, calibra
             )
     table = read_table(csv_path, images_dir=images_dir, class_names=first.class_names,
                        filename_column=first.filename_column, labels="ignore")
-    if calibration is not None:
+    calibrated = [p for p in predictors if p.calibration is not None]
+    if calibration is not None and calibrated:
+        raise ModelFileError(f"{calibrated[0].path} has a calibration folded in already "
+                             f"({calibrated[0].calibration.describe()}); it would be applied twice")
+    if calibration is not None or calibrated:
         from keras_cxr.calibration import check_disjoint, resolve
 
         calibration = resolve(calibration, class_names=first.class_names)
-        check_disjoint(calibration, table.filenames, where=f"the rows of {csv_path}")
+        applied = [p.calibration for p in calibrated] + ([calibration] if calibration is not None else [])
+        for each in applied:
+            check_disjoint(each, table.filenames, where=f"the rows of {csv_path}")
     total = np.zeros((len(table), len(first.class_names)), np.float64)
     for i, predictor in enumerate(predictors):
         if verbose:
             print(f"model {i + 1}/{len(predictors)}: {predictor.path} ({predictor.image_size} px, "
                   f"{len(views)} view{'s' if len(views) > 1 else ''}: {', '.join(v.name for v in views)})")
-        total += predict_probs(predictor.model, predictor.dataset(table, batch_size), verbose=verbose, views=views)
+        total += predictor.predict_table(table, batch_size, views=views, verbose=verbose)
     mean = total / len(predictors)
     values = mean / mean.sum(axis=1, keepdims=True)
     if calibration is not None:

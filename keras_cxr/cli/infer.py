@@ -21,7 +21,11 @@ from keras_cxr.cli._common import Reported, UserError, accelerate_command, check
               help="Calibration to apply: a JSON from `keras-cxr calibrate`, or a run directory (its calibration.json).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission, calibration_path, quiet):
-    """Average the class probabilities of MODELS (.keras files or run directories) on a CSV."""
+    """Average the class probabilities of MODELS (.keras files, run directories or exported .onnx files) on a CSV.
+
+    .onnx files (from `keras-cxr export`) run in onnxruntime; with only .onnx
+    files, neither Keras nor torch is imported.
+    """
     from keras_cxr.tta import parse_tta
 
     try:
@@ -32,11 +36,14 @@ def predict(models, csv_path, images_dir, tta, batch_size, out_path, submission,
         if path:
             check_output_file(path, option)
     with Reported():
-        from keras_cxr.calibration import load_calibration
         from keras_cxr.predictor import predict_csv
         from keras_cxr.probabilities import write_probabilities, write_submission
 
-        calibration = load_calibration(calibration_path) if calibration_path else None
+        calibration = None
+        if calibration_path:  # scipy and scikit-learn: not needed by .onnx models without calibration
+            from keras_cxr.calibration import load_calibration
+
+            calibration = load_calibration(calibration_path)
         probs = predict_csv(models, csv_path, images_dir=images_dir, tta=tta, batch_size=batch_size,
                             verbose=0 if quiet else 1, accelerate=accelerate_command(), calibration=calibration)
         write_probabilities(out_path, probs.filenames, probs.values, probs.class_names)
