@@ -329,3 +329,35 @@ def test_bad_probability_files(rows, message, workspace, tmp_path):
     result = run("evaluate", tmp_path / "p.csv", "--labels", tmp_path / "labels.csv")
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+NEW_INPUT_PATHS = {
+    "broken .onnx to predict": (
+        lambda ws, tmp: (tmp / "broken.onnx").write_bytes(b"\x08\x07garbage"),
+        lambda ws, tmp: ["predict", tmp / "broken.onnx", "--csv", tmp / "t.csv", "--images", ws / "images",
+                         "--out", tmp / "p.csv"],
+        "broken.onnx: cannot load the ONNX model"),
+    "export to a suffix of another format": (
+        lambda ws, tmp: None,
+        lambda ws, tmp: ["export", ws / "model", "--format", "onnx", "--out", tmp / "m.pt"],
+        "--out {}: onnx exports are .onnx files"),
+    "TFDS build of a folder without tables": (
+        lambda ws, tmp: (tmp / "empty").mkdir(),
+        lambda ws, tmp: ["tfds", "build", tmp / "empty", "--out", tmp / "tfds"],
+        "empty: no split CSV found (looked for train.csv, val.csv, test.csv)"),
+    "Kaggle files without a training CSV": (
+        lambda ws, tmp: (tmp / "raw").mkdir() or (tmp / "raw" / "test_data.csv").write_text("new_filename\na.png\n"),
+        lambda ws, tmp: ["download", "--from", tmp / "raw", "--out", tmp / "data"],
+        "no training CSV (a file named *train*.csv); CSVs found: 'test_data.csv'"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEW_INPUT_PATHS))
+def test_new_input_paths_fail_in_one_line(case, workspace, tmp_path):
+    prepare, arguments, message = NEW_INPUT_PATHS[case]
+    (tmp_path / "t.csv").write_text("new_filename\na.png\n")
+    prepare(workspace, tmp_path)
+    result = run(*arguments(workspace, tmp_path))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message.format(tmp_path / "m.pt") in lines[0], result.output
