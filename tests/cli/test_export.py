@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from keras_cxr.calibration import Calibration
-from keras_cxr.cli import main
 from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.data.augment import Augmentation
 from keras_cxr.probabilities import read_probabilities
+from tests.cli.support import invoke, one_line_error
 from tests.conftest import REPO
 
 ROWS = 12
@@ -38,19 +37,6 @@ loaded = {m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names)
 print(json.dumps(sorted(m for m in loaded if not m.startswith("_"))))
 sys.exit(code)
 """
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *parts):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
 
 
 @pytest.fixture

@@ -3,25 +3,11 @@
 import re
 
 import numpy as np
-from click.testing import CliRunner
 
-from keras_cxr.cli import main
 from keras_cxr.data import load_image, read_table
 from keras_cxr.data.tfds import BUILDER_NAME, VERSION, read_tfds_table
+from tests.cli.support import invoke, one_line_error
 from tests.data.test_tfds import small_folder
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *parts):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
 
 
 def test_build_prints_examples_size_and_time_and_the_build_reads_back(tmp_path):
