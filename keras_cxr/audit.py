@@ -137,6 +137,15 @@ def _training_tables(run_dir):
         return [], f"{run_dir}/recipe.json is unreadable: in-sample rows not checked"
     if not isinstance(data, dict):
         return [], f"{run_dir}/recipe.json has no data section: in-sample rows not checked"
+    if data.get("tfds_dir") is not None:
+        from keras_cxr.data.tfds import TfdsError, read_tfds_table
+
+        split = str(data.get("train_csv") or "train.csv").removesuffix(".csv")
+        try:
+            return [read_tfds_table(data["tfds_dir"], split, labels="ignore")], \
+                f"checked against the training rows of the TFDS build {data['tfds_dir']}"
+        except TfdsError:
+            return [], f"the TFDS build {data['tfds_dir']} of {run_dir} is not readable here: in-sample rows not checked"
     if data.get("data_dir") is None:
         from keras_cxr.data.synthetic import default_dataset_dir
 

@@ -47,6 +47,11 @@ class Data(Config):
         on_bad_image: every image is decoded once before training;
             ``"error"`` stops with a list of the unreadable files,
             ``"skip"`` trains without them and lists them in `metrics.json`.
+        tfds_dir: instead of `data_dir`, a TFDS build (`keras-cxr tfds
+            build`): its splits named like `train_csv` and `val_csv` without
+            ``.csv`` are the training and validation rows, and its images
+            are read from the records (every one was decoded when the build
+            was made). Not with `extra_train` or `use_multiprocessing`.
     """
 
     data_dir: str | None = None
@@ -60,12 +65,19 @@ class Data(Config):
     workers: int = 1
     use_multiprocessing: bool = False
     on_bad_image: typing.Literal["error", "skip"] = "error"
+    tfds_dir: str | None = None
 
     def validate(self):
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"Data.class_names must be 2+ distinct names, got {self.class_names}")
         if self.workers < 0:
             raise ConfigError(f"Data.workers must be >= 0, got {self.workers}")
+        if self.tfds_dir is not None:
+            for name, value in (("data_dir", self.data_dir), ("extra_train", self.extra_train),
+                                ("use_multiprocessing", self.use_multiprocessing)):
+                if value:
+                    raise ConfigError(f"Data.tfds_dir trains from a TFDS build: Data.{name} cannot be set with it "
+                                      f"(got {value!r})")
 
 
 @dataclasses.dataclass(frozen=True)

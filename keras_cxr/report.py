@@ -74,6 +74,10 @@ def _scored_rows(run, probs, labels):
 
     if probs is None:
         data = Recipe.from_dict(_read_json(run / "recipe.json")).data
+        if data.tfds_dir is not None:
+            raise ReportError(f"{{run_dir}} {run}: trained from the TFDS build {data.tfds_dir}, which has no "
+                              "validation CSV to score against; give {probs} and {labels}",
+                              run_dir="run_dir", probs="probs", labels="labels")
         labels = resolve_data_dir(data) / data.val_csv
         return run / "val_probs.csv", labels, f"validation rows ({labels})"
     return probs, pathlib.Path(labels), f"{probs} against {labels}"

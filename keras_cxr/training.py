@@ -30,6 +30,7 @@ import pandas as pd
 
 from keras_cxr import accel, models
 from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, TrainingState, WarmupCosine
+from keras_cxr.config import ConfigError
 from keras_cxr.errors import FieldError
 from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_table
 from keras_cxr.evaluation import classification_summary
@@ -158,6 +159,8 @@ def load_tables(data, verbose=0):
     Every image is decoded once first (`data.on_bad_image`): unreadable ones
     stop the run here, before any training, or are left out and listed.
     """
+    if data.tfds_dir is not None:
+        return _tfds_tables(data) + ([],)
     root = resolve_data_dir(data)
     kwargs = dict(
         images_dir=root / data.images_dir,
@@ -181,6 +184,22 @@ def load_tables(data, verbose=0):
     if extras:
         train = Table.concat([train, *extras])
     return train, val, skipped
+
+
+def _tfds_tables(data):
+    """The training and validation tables of `data.tfds_dir` (see `keras_cxr.recipe.Data`)."""
+    from keras_cxr.data.tfds import read_tfds_table
+
+    tables = []
+    for csv in (data.train_csv, data.val_csv):
+        split = csv.removesuffix(".csv")
+        table = read_tfds_table(data.tfds_dir, split, labels="required")
+        if table.class_names != tuple(data.class_names):
+            raise ConfigError(f"Data.tfds_dir {data.tfds_dir}: its {split!r} split has classes "
+                              f"{', '.join(table.class_names)}, the recipe {', '.join(data.class_names)}")
+        tables.append(table)
+    check_disjoint(tables[::-1])
+    return tuple(tables)
 
 
 def check_disjoint(tables):

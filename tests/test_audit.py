@@ -211,6 +211,22 @@ def test_in_sample_probabilities_of_a_run_are_refused(tmp_path, monkeypatch):
     audit = audit_labels(run / "all_probs.csv", all_labels)
     assert "not checked" in audit.settings["in_sample_check"]
 
+    # A run trained from a TFDS build of the folder: its records name the same training rows.
+    from keras_cxr.data.tfds import build_tfds
+
+    source = tmp_path / "source"  # the training split only (val's images were never written)
+    source.mkdir()
+    (source / "train.csv").write_bytes((data / "train.csv").read_bytes())
+    (source / "images").symlink_to(data / "images")
+    build_tfds(source, tmp_path / "tfds", verbose=0)
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["data"].update(data_dir=None, tfds_dir=str(tmp_path / "tfds"))
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(AuditError, match="30 of its 40 rows are training rows of the run"):
+        audit_labels(run / "all_probs.csv", all_labels)
+    audit = audit_labels(run / "val_probs.csv", all_labels)
+    assert audit.settings["in_sample_check"] == f"checked against the training rows of the TFDS build {tmp_path / 'tfds'}"
+
 
 @pytest.fixture
 def small_case(tmp_path):

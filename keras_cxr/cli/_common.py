@@ -33,13 +33,14 @@ def worded(error):
 
 def user_errors():
     from keras_cxr.data import ImageError, TableError
+    from keras_cxr.data.tfds import TfdsError
     from keras_cxr.kfold import FoldError
     from keras_cxr.predictor import ModelFileError
     from keras_cxr.probabilities import ProbabilityError
     from keras_cxr.training import RunDirectoryError
 
     return (ConfigError, TableError, ImageError, RunDirectoryError, FileNotFoundError, ProbabilityError,
-            ModelFileError, FoldError, PermissionError, IsADirectoryError, NotADirectoryError)
+            ModelFileError, FoldError, TfdsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 class Reported:

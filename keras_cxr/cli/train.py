@@ -8,6 +8,8 @@ from keras_cxr.cli._common import Reported, UserError, accelerate_command, check
 @click.command()
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with train.csv, val.csv and images/.")
+@click.option("--tfds-dir", type=click.Path(file_okay=False),
+              help="Train from a TFDS build (`keras-cxr tfds build`): its train and val splits.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default: the recipe's output).")
 @click.option("--epochs", type=int, help="Override recipe.epochs.")
 @click.option("--image-size", type=int, help="Override recipe.model.image_size.")
@@ -21,7 +23,7 @@ from keras_cxr.cli._common import Reported, UserError, accelerate_command, check
 @click.option("--resume", is_flag=True,
               help="Continue the unfinished run in --out from its last completed epoch (same recipe and options).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignments, folds_dir, fold, overwrite,
+def fit(recipe_file, data_dir, tfds_dir, out_dir, epochs, image_size, batch_size, assignments, folds_dir, fold, overwrite,
         resume, quiet):
     """Train the recipe in RECIPE_FILE and write a run directory."""
     from keras_cxr.recipe import apply_overrides, load_recipe
@@ -31,11 +33,15 @@ def fit(recipe_file, data_dir, out_dir, epochs, image_size, batch_size, assignme
         raise UserError("--folds-dir and --fold go together")
     if folds_dir is not None and data_dir is not None:
         raise UserError("--data-dir and --folds-dir cannot be combined (the fold CSVs locate their images)")
+    if tfds_dir is not None and (data_dir is not None or folds_dir is not None):
+        raise UserError("--tfds-dir replaces --data-dir / --folds-dir: give one of them")
     with Reported():
         recipe = load_recipe(recipe_file)
         flags = []
         if data_dir is not None:
             flags.append(f"data.data_dir={data_dir!r}")
+        if tfds_dir is not None:
+            flags += ["data.data_dir=None", f"data.tfds_dir={tfds_dir!r}"]
         if folds_dir is not None:
             from keras_cxr.kfold import fold_csvs
 

@@ -1,13 +1,16 @@
 """`keras-cxr tfds build`: the summary line, and one-line errors for bad folders and images."""
 
+import json
 import re
 
 import numpy as np
+import pytest
 
 from keras_cxr.data import load_image, read_table
 from keras_cxr.data.tfds import BUILDER_NAME, VERSION, read_tfds_table
 from tests.cli.support import invoke, one_line_error
-from tests.data.test_tfds import small_folder
+from tests.conftest import REPO
+from tests.data.test_tfds import CLASSES, small_folder
 
 
 def test_build_prints_examples_size_and_time_and_the_build_reads_back(tmp_path):
@@ -49,3 +52,43 @@ def test_bad_input_is_one_line_naming_the_path_and_why(tmp_path):
                    f"--out {tmp_path / 'out' / BUILDER_NAME / VERSION}: a build of version {VERSION} is already "
                    "there; replace it with --overwrite")
     assert invoke("tfds", "build", folder, "--out", tmp_path / "out", "--quiet", "--overwrite").exit_code == 0
+
+
+def cxr4_folder(root, cxr4_dir, per_class=(6, 2)):
+    """train.csv / val.csv of a few cxr4 images per class, images/ linking to cxr4's files."""
+    import pandas as pd
+
+    (root / "images").mkdir(parents=True)
+    for split, count in zip(("train", "val"), per_class):
+        frame = pd.read_csv(cxr4_dir / f"{split}.csv")
+        frame = pd.concat([frame[frame[c] == 1].head(count) for c in CLASSES])
+        frame.to_csv(root / f"{split}.csv", index=False)
+        for name in frame["new_filename"]:
+            (root / "images" / name).symlink_to(cxr4_dir / "images" / name)
+    return root
+
+
+@pytest.mark.slow
+def test_fit_from_a_build_equals_fit_from_its_folder(tmp_path, cxr4_dir):
+    folder = cxr4_folder(tmp_path / "data", cxr4_dir)
+    assert invoke("tfds", "build", folder, "--out", tmp_path / "tfds", "--quiet").exit_code == 0
+    common = (REPO / "recipes" / "smoke.py", "--epochs", 2, "--image-size", 32, "--batch-size", 8,
+              "--set", "swa.start_epoch=none", "--quiet")
+    from_csv = invoke("fit", *common, "--data-dir", folder, "--out", tmp_path / "csv")
+    from_tfds = invoke("fit", *common, "--tfds-dir", tmp_path / "tfds", "--out", tmp_path / "tfds_run")
+    assert from_csv.exit_code == 0 and from_tfds.exit_code == 0, (from_csv.output, from_tfds.output)
+    assert (tmp_path / "tfds_run" / "val_probs.csv").read_bytes() == (tmp_path / "csv" / "val_probs.csv").read_bytes()
+    recipe = json.loads((tmp_path / "tfds_run" / "recipe.json").read_text())["data"]
+    assert recipe["tfds_dir"] == str(tmp_path / "tfds") and recipe["data_dir"] is None
+    one_line_error(invoke("report", tmp_path / "tfds_run", "--out", tmp_path / "page.html"),
+                   "trained from the TFDS build", "give --probs and --labels")
+
+
+def test_tfds_dir_excludes_the_csv_data_options(tmp_path):
+    one_line_error(invoke("fit", REPO / "recipes" / "smoke.py", "--tfds-dir", tmp_path, "--data-dir", tmp_path),
+                   "--tfds-dir replaces --data-dir / --folds-dir")
+    one_line_error(invoke("fit", REPO / "recipes" / "smoke.py", "--tfds-dir", tmp_path, "--set",
+                          "data.extra_train=('more.csv',)", "--out", tmp_path / "run"),
+                   "Data.tfds_dir trains from a TFDS build: Data.extra_train cannot be set with it")
+    one_line_error(invoke("fit", REPO / "recipes" / "smoke.py", "--tfds-dir", tmp_path / "none", "--out",
+                          tmp_path / "run"), str(tmp_path / "none"))
