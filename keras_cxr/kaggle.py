@@ -10,10 +10,10 @@ folder by the filenames it lists and writes ``train.csv``, ``val.csv`` and
 copied), so `keras-cxr fit RECIPE --data-dir DIR` trains on it.
 
 Validation rows: a competition's own validation CSV is kept as it is, unless
-a `val_fraction` is given; then train (and val) are pooled and split again,
-by patient when a group column or filename pattern is given
-(`StratifiedGroupKFold`, as `keras_cxr.kfold`), stratified by class
-otherwise. The test CSV stays unlabeled; without one, a ``test*`` image
+a patient grouping or a `val_fraction` is given; then train (and val) are
+pooled and split again (a tenth to val by default), by patient when a group
+column or filename pattern is given (`StratifiedGroupKFold`, as
+`keras_cxr.kfold`), stratified by class otherwise. The test CSV stays unlabeled; without one, a ``test*`` image
 folder is listed into it.
 
 Example:
@@ -146,9 +146,9 @@ def normalize_competition(
     Args:
         raw_dir: the competition's files, as downloaded and extracted.
         out_dir: the data folder to write (may hold `raw_dir`).
-        val_fraction: `None` keeps the competition's validation CSV; a
-            fraction in (0, 0.5] pools train and val and splits again (the
-            default 0.1 when there is no validation CSV).
+        val_fraction: a fraction in (0, 0.5]: train and val are pooled and
+            split again. `None`: 0.1 when a grouping is given or there is no
+            validation CSV, else the competition's validation CSV is kept.
         group_by: a column whose equal values (patients) stay on one side.
         group_regex: instead of `group_by`, a pattern whose first capture
             group in each filename is the patient (e.g. ``r"(person\\d+)_"``).
@@ -163,8 +163,8 @@ def normalize_competition(
 
     Raises:
         KaggleError: no training CSV, ambiguous CSVs, images not found,
-            missing columns, groups given without a split, an invalid
-            fraction, leaking rows; the message names the file or field.
+            missing columns, an invalid fraction, too few patients of a
+            class to split, leaking rows; the message names the file or field.
         TableError: a written table does not read back (bad labels).
     """
     from keras_cxr.data.table import read_table
@@ -194,14 +194,8 @@ def normalize_competition(
         if listed is not None:
             frames["test"] = listed
 
-    regroup = val_fraction is not None or "val" not in frames
-    if not regroup and (group_by is not None or group_regex is not None):
-        raise KaggleError(
-            "the competition's validation CSV is kept as it is, so a patient grouping has nothing to split; "
-            "pass {val_fraction} to split train and val again by patient",
-            val_fraction="val_fraction",
-        )
-    if regroup:
+    grouped = group_by is not None or group_regex is not None
+    if val_fraction is not None or grouped or "val" not in frames:
         split = _split_again(frames, csvs, 0.1 if val_fraction is None else val_fraction, group_by, group_regex,
                              seed, class_names, filename_column)
     else:
@@ -345,12 +339,16 @@ def _split_again(frames, csvs, val_fraction, group_by, group_regex, seed, class_
         raise KaggleError(f"{where[bad[0]]}: labels must be one-hot 0/1 to split by class "
                           f"(and {len(bad) - 1} more rows)" if len(bad) > 1 else
                           f"{where[bad[0]]}: labels must be one-hot 0/1 to split by class")
-    if group_by is not None:
-        groups, method = kfold.groups_by_column([pooled], [csvs[roles[0]]], group_by, where), f"by {group_by!r}"
-    elif group_regex is not None:
-        groups, method = kfold.groups_by_regex(list(pooled[filename_column]), group_regex, where), \
-            f"by filename pattern {group_regex!r}"
-    else:
+    try:
+        if group_by is not None:
+            groups, method = kfold.groups_by_column([frames[r] for r in roles], [csvs[r] for r in roles], group_by,
+                                                    where), f"by {group_by!r}"
+        elif group_regex is not None:
+            groups, method = kfold.groups_by_regex(list(pooled[filename_column]), group_regex, where), \
+                f"by filename pattern {group_regex!r}"
+    except kfold.FoldError as e:
+        raise KaggleError(str(e)) from None
+    if group_by is None and group_regex is None:
         groups, method = list(pooled[filename_column] + "\0" + pooled["source_dir"]), "stratified, no patient groups"
     folds = max(2, round(1 / val_fraction))
     try:

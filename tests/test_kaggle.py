@@ -143,7 +143,7 @@ def test_a_test_folder_without_csv_is_listed(tmp_path, cxr4_dir):
     ("no_train", "no training CSV (a file named *train*.csv); CSVs found: 'sample_submission.csv', 'data/val_data.csv', 'data/test_data.csv'"),
     ("missing_image", "train_data.csv: 1 of its 38 images are in no folder of the download ('p"),
     ("two_train", "2 train CSVs, cannot tell which to use"),
-    ("groups_without_split", "pass val_fraction to split train and val again by patient"),
+    ("group_column_missing", "train_data.csv line 1: no group column 'patient_id' (columns: 'new_filename', "),
     ("bad_fraction", "val_fraction must be a fraction in (0, 0.5], got 0.8"),
     ("missing_column", "val_data.csv line 1: missing column(s) 'COVID-19'"),
 ])
@@ -156,7 +156,7 @@ def test_bad_downloads_are_named(competition, tmp_path, case, message):
         os.remove(raw / "train_images" / "train_images" / made["train"]["new_filename"][5])
     elif case == "two_train":
         shutil.copyfile(raw / "data" / "train_data.csv", raw / "train_extra.csv")
-    elif case == "groups_without_split":
+    elif case == "group_column_missing":
         options["group_by"] = "patient_id"
     elif case == "bad_fraction":
         options["val_fraction"] = 0.8

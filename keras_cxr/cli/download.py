@@ -13,11 +13,12 @@ from keras_cxr.cli._common import Reported, UserError
               help="Data folder to write: train.csv, val.csv, test.csv, download.json (downloads go to OUT/raw).")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=0.5, min_open=True), default=None,
               help="Split train (+ the competition's val) again, this fraction to val "
-                   "[default: keep the competition's val CSV; 0.1 without one].")
-@click.option("--group-by", metavar="COLUMN", help="With --val-fraction: keep rows sharing this column's value "
-                                                   "(a patient) on one side.")
-@click.option("--group-regex", metavar="REGEX", help="With --val-fraction: the patient is this pattern's first "
-                                                     "capture group in each filename, e.g. '(person\\d+)_'.")
+                   "[default: keep the competition's val CSV; 0.1 without one or with a grouping].")
+@click.option("--group-by", metavar="COLUMN", help="Split train + val again by patient: rows sharing this column's "
+                                                   "value stay on one side.")
+@click.option("--group-regex", metavar="REGEX", help="Split train + val again by patient: the patient is this "
+                                                     "pattern's first capture group in each filename, e.g. "
+                                                     "'(person\\d+)_'.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the train/val split.")
 @click.option("--overwrite", is_flag=True, help="Replace the CSVs of an earlier download in --out.")
 def download(competition, raw_dir, out_dir, val_fraction, group_by, group_regex, seed, overwrite):

@@ -37,10 +37,14 @@ def test_a_downloaded_competition_trains(tmp_path, cxr4_dir):
 def test_split_options_are_worded_as_flags(tmp_path, cxr4_dir):
     make_competition(tmp_path / "raw", cxr4_dir)
     result = run("download", "--from", tmp_path / "raw", "--out", tmp_path / "data", "--group-by", "patient_id")
-    assert result.exit_code == 2
-    assert "pass --val-fraction to split train and val again by patient" in result.output
+    assert result.exit_code == 2 and "no group column 'patient_id'" in result.output
+    # A grouping alone splits train + val again, a tenth to val.
+    result = run("download", "--from", tmp_path / "raw", "--out", tmp_path / "data", "--group-regex",
+                 r"^(p\d+|\d+)[_.]")
+    assert result.exit_code == 0, result.output
+    assert "val: 1/10 of train + val split off, by filename pattern" in result.output
     result = run("download", "--from", tmp_path / "raw", "--out", tmp_path / "data", "--val-fraction", 0.25,
-                 "--group-regex", r"^(p\d+|\d+)[_.]")
+                 "--group-regex", r"^(p\d+|\d+)[_.]", "--overwrite")
     assert result.exit_code == 0, result.output
     assert "val: 1/4 of train + val split off, by filename pattern" in result.output
     result = run("download", "--from", tmp_path / "raw", "--out", tmp_path / "data")
