@@ -102,8 +102,8 @@ def download_competition(competition, out_dir, overwrite=False, **split_options)
     _check_out_dir(out_dir, overwrite)
     try:
         import kagglehub
-        from kagglehub import exceptions as kaggle_errors
         import requests
+        from kagglehub import exceptions as kaggle_errors
     except ImportError as e:
         raise KaggleError(f"downloading from Kaggle needs the kagglehub package ({e}); pip install kagglehub") from None
     try:

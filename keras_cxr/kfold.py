@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr.constants import CLASS_NAMES
-from keras_cxr.errors import FieldError, FieldText
 from keras_cxr.data.table import _read_frame, read_table
+from keras_cxr.errors import FieldError, FieldText
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.probabilities import Probabilities, ProbabilityError, read_probabilities, write_probabilities
 

@@ -31,8 +31,8 @@ import pandas as pd
 from keras_cxr import accel, models
 from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, TrainingState, WarmupCosine
 from keras_cxr.config import ConfigError
-from keras_cxr.errors import FieldError
 from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_table
+from keras_cxr.errors import FieldError
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.losses import FocalLoss

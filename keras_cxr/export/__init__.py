@@ -38,9 +38,8 @@ import tempfile
 import warnings
 import zipfile
 
-from keras_cxr.errors import FieldError
+from keras_cxr.errors import FieldError, ModelFileError
 from keras_cxr.export import metadata
-from keras_cxr.errors import ModelFileError
 from keras_cxr.io import atomic_write
 
 FORMATS = ("onnx", "torchscript", "keras")

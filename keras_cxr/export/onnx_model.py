@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from keras_cxr.export import metadata
 from keras_cxr.errors import ModelFileError
+from keras_cxr.export import metadata
 
 PROVIDERS = ("CPUExecutionProvider",)
 
