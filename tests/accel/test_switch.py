@@ -140,8 +140,9 @@ def test_fit_recipe_and_predict_csv_turn_it_on_for_their_work_only(monkeypatch):
     monkeypatch.setattr(training, "_fit_recipe", lambda *args: seen.append(accel.active("dense")))
     monkeypatch.setattr(predictor, "_predict_csv", lambda *args: seen.append(accel.active("dense")))
     training.fit_recipe(None, "unused")
-    predictor.predict_csv([], "unused.csv")
+    predictor.predict_csv(["unused.keras"], "unused.csv")
     training.fit_recipe(None, "unused", accelerate=False)
-    predictor.predict_csv([], "unused.csv", accelerate=False)
-    assert seen == [True, True, False, False]
+    predictor.predict_csv(["unused.keras"], "unused.csv", accelerate=False)
+    predictor.predict_csv(["exported.onnx"], "unused.csv")  # onnxruntime only: nothing to accelerate
+    assert seen == [True, True, False, False, False]
     assert not accel.active() and set(accel.status().values()) == {"off"}
