@@ -14,6 +14,9 @@ _MAX_LISTED = 20
 def find_unreadable(table, workers=2, verbose=0):
     """Rows of `table` whose image does not decode.
 
+    Each row is checked where `CXRDataset` reads it (`Table.image_source`):
+    its file, or its stored bytes for a table with `images` (a TFDS build).
+
     Args:
         table: a `Table`.
         workers: decoding threads (Pillow releases the GIL while decoding).
@@ -27,16 +30,16 @@ def find_unreadable(table, workers=2, verbose=0):
 
     progress = keras.utils.Progbar(len(table), unit_name="image") if verbose else None
 
-    def check(path):
+    def check(row):
         try:
-            check_image(path)
+            check_image(table.image_source(row))
             return None
         except ImageError as e:
             return str(e)
 
     bad = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for index, message in enumerate(pool.map(check, table.paths)):
+        for index, message in enumerate(pool.map(check, range(len(table)))):
             if message is not None:
                 bad.append((index, message))
             if progress is not None and ((index + 1) % 64 == 0 or index + 1 == len(table)):
