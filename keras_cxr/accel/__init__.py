@@ -4,9 +4,10 @@ Nothing here runs at import. `enable()` replaces a set of private Keras,
 keras-hub and torch functions with faster ones that give the same results
 (`PATCHES` lists each with its target and the versions its tests ran on);
 `disable()` puts the originals back; `with enabled():` does both around a
-block. The `keras-cxr` commands, `keras_cxr.training.fit_recipe` and
-`keras_cxr.predictor.predict_csv` turn it on for their own work and off
-again. In your own code, one line:
+block, and `with disabled():` the reverse (Keras's own code for a block,
+then whatever was on before). The `keras-cxr` commands,
+`keras_cxr.training.fit_recipe` and `keras_cxr.predictor.predict_csv` turn
+it on for their own work and off again. In your own code, one line:
 
 ```python
 import keras_cxr.accel
@@ -28,7 +29,7 @@ for its own process.
 """
 
 from keras_cxr.accel.patches import PATCHES
-from keras_cxr.accel.switch import active, disable, enable, enabled, install_waiting, status
+from keras_cxr.accel.switch import active, disable, disabled, enable, enabled, install_waiting, status
 from keras_cxr.accel.versions import AccelWarning
 
 
@@ -70,5 +71,5 @@ def keep_freed_memory():
     return heap.install()
 
 
-__all__ = ["PATCHES", "AccelWarning", "active", "disable", "enable", "enabled", "inference_call",
+__all__ = ["PATCHES", "AccelWarning", "active", "disable", "disabled", "enable", "enabled", "inference_call",
            "keep_freed_memory", "prepare", "status"]

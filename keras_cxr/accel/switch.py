@@ -1,4 +1,4 @@
-"""Turning the patches on and off: `enable`, `disable`, `enabled`, and their status."""
+"""Turning the patches on and off: `enable`, `disable`, `enabled`, `disabled`, and their status."""
 
 import contextlib
 import importlib
@@ -131,6 +131,37 @@ def enabled():
     finally:
         if not outer:
             disable()
+
+
+@contextlib.contextmanager
+def disabled():
+    """`with disabled():` runs the block with Keras's own code, then restores what was there.
+
+    The mirror of `enabled`: inside an outer `enable()` or `enabled()` it
+    takes the patches off for the block and puts them back after (also when
+    the block raises), so the outer scope goes on as before; with nothing on
+    it changes nothing. For work that must see Keras's own operations, such
+    as tracing a model for export.
+
+    Example:
+
+    ```python
+    with keras_cxr.accel.disabled():
+        torch.onnx.export(module, example, "model.onnx")
+    ```
+    """
+    global _active
+    with _lock:
+        outer = _active
+        if outer:
+            disable()
+    try:
+        yield status()
+    finally:
+        if outer:
+            with _lock:  # back as the outer scope had it (even if the environment switched it off meanwhile)
+                _apply(PATCHES)
+                _active = True
 
 
 def active(name=None):

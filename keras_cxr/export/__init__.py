@@ -123,12 +123,12 @@ def export_model(model, out, format, calibration=None):
     meta["class_names"], meta["image_size"]
     ```
     """
-    from keras_cxr.export.graph import plain_keras
+    from keras_cxr import accel
 
     if format not in FORMATS:
         raise _error(f"{{format}} {format!r}: unknown export format (expected {', '.join(FORMATS)})")
     _check_out(out, format)
-    with plain_keras():
+    with accel.disabled():
         predictor = _load(model)
         calibration = _calibration(predictor, calibration)
         meta = metadata.describe(predictor.model.name, predictor.class_names, predictor.image_size,

@@ -11,10 +11,8 @@ chain from Keras ops (`calibrated_keras_model`), which Keras saves and
 loads in safe mode.
 
 Both must be traced with `keras_cxr.accel` off, so the graph holds Keras's
-own operations (`plain_keras`).
+own operations (`keras_cxr.accel.disabled`).
 """
-
-import contextlib
 
 import numpy as np
 
@@ -30,21 +28,6 @@ def scale_and_bias(calibration, num_classes):
         return scale.astype(np.float32), np.zeros(num_classes, np.float32)
     return (np.asarray(calibration.parameters["weights"], np.float32),
             np.asarray(calibration.parameters["biases"], np.float32))
-
-
-@contextlib.contextmanager
-def plain_keras():
-    """Run the block with `keras_cxr.accel` off, and turn it back on after if it was on."""
-    from keras_cxr import accel
-
-    was_active = accel.active()
-    if was_active:
-        accel.disable()
-    try:
-        yield
-    finally:
-        if was_active:
-            accel.enable()
 
 
 def export_module(model, calibration=None):

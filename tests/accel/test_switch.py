@@ -73,6 +73,51 @@ def test_enabled_scope_restores_and_nests():
         accel.disable()
 
 
+def test_disabled_inside_enabled_takes_the_patches_off_and_puts_them_back():
+    original = _keras_own()
+    with accel.enabled():
+        on = accel.status()
+        with accel.disabled() as inside:
+            assert _keras_own() == original
+            assert not accel.active() and set(inside.values()) == {"off"}
+            with accel.disabled():  # nested: still off, and the outer disabled() is not turned back on
+                pass
+            assert _keras_own() == original and not accel.active()
+        assert accel.active() and accel.status() == on
+        assert keras.layers.Dense.call is dense._dense_call
+    assert _keras_own() == original and not accel.active()  # the outer enabled() still closes normally
+    accel.enable()
+    try:
+        with accel.disabled():
+            assert _keras_own() == original
+        assert accel.active("dense")  # an enable() outside is back on too
+    finally:
+        accel.disable()
+
+
+def test_disabled_with_nothing_on_changes_nothing(monkeypatch):
+    original = _keras_own()
+    monkeypatch.setattr(switch, "_apply", lambda patches: pytest.fail("disabled() installed patches"))
+    with accel.disabled() as inside:
+        assert set(inside.values()) == {"off"} and _keras_own() == original
+    assert not accel.active() and set(accel.status().values()) == {"off"} and _keras_own() == original
+
+
+def test_disabled_restores_when_the_block_raises():
+    original = _keras_own()
+    with accel.enabled():
+        on = accel.status()
+        with pytest.raises(RuntimeError, match="inside"):
+            with accel.disabled():
+                raise RuntimeError("inside")
+        assert accel.active() and accel.status() == on
+    assert _keras_own() == original
+    with pytest.raises(RuntimeError, match="inside"):
+        with accel.disabled():
+            raise RuntimeError("inside")
+    assert not accel.active() and _keras_own() == original
+
+
 def test_a_patch_outside_its_tested_versions_is_skipped_with_one_warning(monkeypatch):
     untested = versions.Patch("dense", "keras_cxr.accel.dense", ("keras.layers.Dense.call",),
                               {"keras": ("3.0", "3.1")}, "test")
