@@ -336,9 +336,18 @@ def read_table(
     if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
     csv_path = os.path.abspath(os.fspath(csv_path))
+    frame = _read_frame(csv_path, os.path.basename(csv_path))
+    return _table_from_frame(frame, csv_path, images_dir, class_names, filename_column, labels, check_files)
+
+
+def _table_from_frame(frame, csv_path, images_dir, class_names, filename_column, labels, check_files):
+    """The `Table` of `frame`, the CSV at absolute `csv_path` as `_read_frame` read it (see `read_table`).
+
+    For callers that need other columns of the same frame (such as
+    ``patient_id``) without reading the CSV a second time.
+    """
     name = os.path.basename(csv_path)
     class_names = tuple(class_names)
-    frame = _read_frame(csv_path, name)
     columns = list(frame.columns)
 
     present = [c for c in class_names if c in columns]

@@ -36,7 +36,7 @@ import numpy as np
 
 from keras_cxr.constants import CLASS_NAMES
 from keras_cxr.data.images import ImageError
-from keras_cxr.data.table import LABEL_MODES, Table, TableError, _read_frame, read_table
+from keras_cxr.data.table import LABEL_MODES, Table, TableError, _read_frame, _table_from_frame
 from keras_cxr.errors import FieldError
 
 SPLITS = ("train", "val", "test")
@@ -65,12 +65,14 @@ def _folder_split_tables(data_dir, class_names, filename_column, images_dir):
     """`{split: (table, patient ids or None)}` for each split CSV found in `data_dir`."""
     found = {}
     for split in SPLITS:
-        csv_path = os.path.join(data_dir, f"{split}.csv")
+        csv_path = os.path.abspath(os.path.join(data_dir, f"{split}.csv"))
         if not os.path.isfile(csv_path):
             continue
-        table = read_table(csv_path, images_dir=os.path.join(data_dir, images_dir), class_names=class_names,
-                           filename_column=filename_column, labels="auto")
+        # One read of the CSV for both the table (as `read_table` builds it) and its patient ids.
         frame = _read_frame(csv_path, os.path.basename(csv_path))
+        table = _table_from_frame(frame, csv_path, images_dir=os.path.join(data_dir, images_dir),
+                                  class_names=class_names, filename_column=filename_column, labels="auto",
+                                  check_files=True)
         patients = None
         if "patient_id" in frame.columns:
             rows = [record for record in frame.to_dict("records") if any(record.values())]  # as read_table

@@ -254,6 +254,30 @@ def test_a_build_failing_midway_leaves_no_dataset_and_keeps_the_previous_one(tmp
     assert after.image_source(4).read() == (folder / "images" / "4.png").read_bytes()
 
 
+def test_each_split_csv_is_read_once_for_its_table_and_patient_ids(tmp_path, monkeypatch):
+    import keras_cxr.data.table as table_module
+    from keras_cxr.data.tfds import _folder_split_tables
+
+    folder = small_folder(tmp_path / "data")
+    reads = []
+    real_read_csv = pd.read_csv
+
+    def counting_read_csv(path, *args, **kwargs):
+        reads.append(os.path.basename(path))
+        return real_read_csv(path, *args, **kwargs)
+
+    monkeypatch.setattr(table_module.pd, "read_csv", counting_read_csv)
+    splits = _folder_split_tables(str(folder), tuple(CLASSES), "new_filename", "images")
+    monkeypatch.undo()
+    assert sorted(reads) == ["test.csv", "train.csv"]
+    for split in ("train", "test"):
+        table, expected = splits[split][0], read_table(folder / f"{split}.csv")
+        assert (table.csv_path, table.filenames, table.paths) == (expected.csv_path, expected.filenames, expected.paths)
+    np.testing.assert_array_equal(splits["train"][0].labels, read_table(folder / "train.csv").labels)
+    assert splits["train"][1] == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert splits["test"][0].labels is None and splits["test"][1] is None
+
+
 def test_bad_folders_and_splits_are_one_line_naming_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TfdsError, match=rf"^{tmp_path / 'empty'}: no split CSV found \(looked for train.csv"):
