@@ -1,9 +1,13 @@
 """`CXRDataset`: a Keras `PyDataset` of uint8 image batches from a `Table`.
 
 Every random choice in a training batch comes from generators seeded by
-``(seed, epoch, batch index)``, never from global or per-worker state, so a
-batch is the same whichever thread or process builds it, and a run resumed
-with `set_epoch` sees the same data as an uninterrupted one.
+``(seed, epoch, ...)`` keys, never from global or per-worker state: the epoch's
+row order from ``(seed, epoch)``, each image's augmentation from ``(seed,
+epoch, its position in the epoch)``, each batch's mixing from ``(seed, epoch,
+batch index)``. So a batch is the same whichever thread or process builds it,
+a run resumed with `set_epoch` sees the same data as an uninterrupted one, and
+ranks of a data-parallel run that each build a slice of a batch together build
+exactly the single-process batch.
 """
 
 import math
@@ -20,7 +24,7 @@ from keras_cxr.data.sampling import SAMPLING_MODES, draw_epoch
 # Last word of the seed entropy, so the epoch-order stream never equals a
 # batch stream: SeedSequence([a, b]) == SeedSequence([a, b, 0]), hence
 # fixed-length keys.
-_ORDER_STREAM, _BATCH_STREAM = 0, 1
+_ORDER_STREAM, _BATCH_STREAM, _IMAGE_STREAM = 0, 1, 2
 
 
 def epoch_rng(seed, epoch):
@@ -29,8 +33,13 @@ def epoch_rng(seed, epoch):
 
 
 def batch_rng(seed, epoch, index):
-    """The generator for augmentation and mixing of batch `index` of `epoch`."""
+    """The generator for the mixing of batch `index` of `epoch`."""
     return np.random.default_rng([seed, epoch, _BATCH_STREAM, index])
+
+
+def image_rng(seed, epoch, position):
+    """The generator for the augmentation of the image at `position` (0-based, in the whole epoch)."""
+    return np.random.default_rng([seed, epoch, _IMAGE_STREAM, position])
 
 
 class _SharedImageCache:
@@ -82,11 +91,22 @@ class CXRDataset(keras.utils.PyDataset):
     replacement by default; ``"none"`` is a permutation topped up to full
     batches), then augments each image and mixes each batch. The row order
     of epoch `e` comes from `epoch_rng(seed, e)`; batch `i`'s augmentation
-    and mixing from `batch_rng(seed, e, i)`.
+    and mixing from `batch_rng(seed, e, i)`; the image at position `p` of
+    the epoch is augmented with `image_rng(seed, e, p)`.
 
     Evaluation mode: the table's rows in CSV order, each exactly once, the
     last batch partial; only the deterministic `Augmentation.preprocess`
     (CLAHE / unsharp, when on) is applied.
+
+    Data-parallel training (`shard`, e.g. a `keras_cxr.distributed.Context`):
+    `batch_size` is the global batch and must divide by the world size `W`.
+    In training, rank `r` gets rows `[r * b, (r + 1) * b)` (`b =
+    batch_size / W`) of every global batch, so the ranks' batches together
+    are exactly the single-process epoch (with mixing on, each rank builds
+    the whole global batch and keeps its slice, since a mixing partner may
+    sit in another rank's slice). In evaluation, rank `r` gets a contiguous
+    `1/W` of the rows in batches of `b`, and `keras_cxr.predict` gathers the
+    ranks' predictions back into CSV order (`shard.gather`).
 
     Epochs: `epoch` starts at 0 and `on_epoch_end` adds 1. `Model.fit` calls
     `on_epoch_end` once more before training starts, so without help epoch
@@ -111,6 +131,9 @@ class CXRDataset(keras.utils.PyDataset):
         seed: non-negative integer seed.
         cache: keep decoded, resized (and preprocessed) images in shared
             memory, `N * S * S * 3` bytes, so later epochs skip decoding.
+        shard: `None` (one process), or an object with `rank`,
+            `world_size` and `gather(array)` (a
+            `keras_cxr.distributed.Context`) for data-parallel training.
         workers, use_multiprocessing, max_queue_size: as `PyDataset`.
 
     Example:
@@ -137,6 +160,7 @@ class CXRDataset(keras.utils.PyDataset):
         sampling="balanced",
         seed=0,
         cache=False,
+        shard=None,
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -157,7 +181,12 @@ class CXRDataset(keras.utils.PyDataset):
         if use_multiprocessing and not getattr(table.images, "fork_safe", True) and start_method == "fork":
             raise ValueError(f"{table.csv_path}: its stored images cannot be read in forked worker processes; "
                              "use worker threads (use_multiprocessing=False)")
+        world_size = 1 if shard is None else int(shard.world_size)
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} must divide by the world size {world_size} "
+                             "(it is the global batch)")
         self._table = table
+        self.shard = shard if world_size > 1 else None
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.training = bool(training)
@@ -187,8 +216,22 @@ class CXRDataset(keras.utils.PyDataset):
     def num_classes(self):
         return len(self._table.class_names)
 
+    @property
+    def local_batch_size(self):
+        """Rows of each batch this process builds: `batch_size / world_size`."""
+        return self.batch_size if self.shard is None else self.batch_size // self.shard.world_size
+
+    def _local_rows(self):
+        """This rank's contiguous evaluation rows (all rows without a shard)."""
+        n = len(self._table)
+        if self.shard is None:
+            return np.arange(n)
+        return np.array_split(np.arange(n), self.shard.world_size)[self.shard.rank]
+
     def __len__(self):
-        return math.ceil(len(self._table) / self.batch_size)
+        if self.training:
+            return math.ceil(len(self._table) / self.batch_size)
+        return math.ceil(len(self._local_rows()) / self.local_batch_size)
 
     def set_epoch(self, epoch):
         """Make the next batches those of `epoch` (e.g. when resuming)."""
@@ -204,9 +247,12 @@ class CXRDataset(keras.utils.PyDataset):
         return _EpochSync(self)
 
     def epoch_indices(self, epoch=None):
-        """Row indices of every batch of `epoch` (default: the current one), in order."""
+        """Row indices of every global batch of `epoch` (default: the current one), in order.
+
+        In evaluation mode: this rank's rows.
+        """
         if not self.training:
-            return np.arange(len(self._table))
+            return self._local_rows()
         epoch = self.epoch if epoch is None else epoch
         cached = self._order
         if cached is not None and cached[0] == epoch:
@@ -236,13 +282,33 @@ class CXRDataset(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         epoch = self.epoch
-        rows = self.epoch_indices(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        rng = batch_rng(self.seed, epoch, index) if self.training else None
+        if not self.training:
+            b = self.local_batch_size
+            return self._batch(self.epoch_indices(epoch)[index * b : (index + 1) * b], None)
+        start = index * self.batch_size
+        positions = np.arange(start, start + self.batch_size)
+        whole = self.shard is None or self.mixing is not None
+        if not whole:
+            b = self.local_batch_size
+            positions = positions[self.shard.rank * b : (self.shard.rank + 1) * b]
+        rows = self.epoch_indices(epoch)[positions]
+        batch = self._batch(rows, [image_rng(self.seed, epoch, p) for p in positions])
+        if self.mixing is not None and len(batch) > 1:
+            x, y, w = self.mixing.apply(*batch[:2], batch[2] if len(batch) > 2 else None,
+                                        batch_rng(self.seed, epoch, index))
+            batch = (x, y) if w is None else (x, y, w)
+        if whole and self.shard is not None:
+            b = self.local_batch_size
+            batch = tuple(part[self.shard.rank * b : (self.shard.rank + 1) * b] for part in batch)
+        return tuple(np.asarray(part, np.float32) if i else part for i, part in enumerate(batch))
+
+    def _batch(self, rows, rngs):
+        """`(x, y[, w])` (or `(x,)` unlabeled) of table rows `rows`, augmented with `rngs` when given."""
         x = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
         for j, row in enumerate(rows):
             image = self.load(row)
-            if rng is not None and self.augmentation is not None:
-                image = self.augmentation.apply(image, rng)
+            if rngs is not None and self.augmentation is not None:
+                image = self.augmentation.apply(image, rngs[j])
             if image.shape[-1] == 1:
                 cv2.cvtColor(image, cv2.COLOR_GRAY2RGB, dst=x[j])  # a SIMD copy into all three channels
             else:
@@ -250,9 +316,5 @@ class CXRDataset(keras.utils.PyDataset):
         table = self._table
         if not table.is_labeled:
             return (x,)
-        y = table.labels[rows]
-        w = None if table.sample_weight is None else table.sample_weight[rows]
-        if self.mixing is not None:
-            x, y, w = self.mixing.apply(x, y, w, rng)
-        y = np.asarray(y, np.float32)
-        return (x, y) if w is None else (x, y, np.asarray(w, np.float32))
+        y = np.asarray(table.labels[rows], np.float32)
+        return (x, y) if table.sample_weight is None else (x, y, np.asarray(table.sample_weight[rows], np.float32))

@@ -288,3 +288,49 @@ def test_gray_images_fill_all_three_channels(cxr4_dir):
     x, _ = training[0]
     np.testing.assert_array_equal(x[..., 0], x[..., 1])
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+class _Shard:
+    def __init__(self, rank, world_size):
+        self.rank, self.world_size = rank, world_size
+
+    def gather(self, array):
+        raise AssertionError("not used here")
+
+
+@pytest.mark.parametrize("mixing", [None, Mixing(mixup_p=0.5, cutmix_p=0.5)])
+def test_ranks_slices_of_each_batch_are_the_single_process_batch(small_table, mixing):
+    kwargs = dict(batch_size=8, training=True, augmentation=Augmentation(), mixing=mixing, seed=3)
+    whole = CXRDataset(small_table, 32, **kwargs)
+    ranks = [CXRDataset(small_table, 32, shard=_Shard(r, 2), **kwargs) for r in range(2)]
+    for dataset in (whole, *ranks):
+        dataset.set_epoch(2)
+    assert len(ranks[0]) == len(whole)
+    for index in range(len(whole)):
+        expected = whole[index]
+        parts = [dataset[index] for dataset in ranks]
+        assert parts[0][0].shape[0] == 4
+        for k, part in enumerate(expected):
+            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), part)
+
+
+def test_evaluation_shards_cover_the_rows_in_order(small_table):
+    ranks = [CXRDataset(small_table, 32, batch_size=6, shard=_Shard(r, 3)) for r in range(3)]  # 2 rows a batch
+    whole = CXRDataset(small_table, 32, batch_size=4)
+    assert np.array_equal(np.concatenate([d.epoch_indices() for d in ranks]), np.arange(len(small_table)))
+    got = np.concatenate([d[i][0] for d in ranks for i in range(len(d))])
+    np.testing.assert_array_equal(got, np.concatenate([whole[i][0] for i in range(len(whole))]))
+
+
+def test_global_batch_must_divide_by_the_world_size(small_table):
+    with pytest.raises(ValueError, match="batch_size 6 must divide by the world size 4"):
+        CXRDataset(small_table, 32, batch_size=6, shard=_Shard(0, 4))
+
+
+def test_an_image_augmentation_depends_on_its_epoch_position_only(small_table):
+    from keras_cxr.data.dataset import image_rng
+
+    a = image_rng(0, 1, 5).random(3)
+    assert np.array_equal(a, image_rng(0, 1, 5).random(3))
+    assert not np.array_equal(a, image_rng(0, 1, 6).random(3))
+    assert not np.array_equal(a, image_rng(0, 2, 5).random(3))
