@@ -133,6 +133,9 @@ def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32, views
         views: optional test-time augmentation views (`keras_cxr.tta.parse_tta`);
             the probabilities of all views are averaged.
 
+    A dataset with a `shard` (a data-parallel `CXRDataset`) predicts this
+    rank's rows and returns every rank's, gathered in order.
+
     Returns:
         `(probs, y_true)`: `probs` is a float32 `(N, C)` array; `y_true` is the
         concatenated labels as NumPy (as the batches hold them: `(N, C)`
@@ -159,6 +162,10 @@ def predict_with_labels(model, data, verbose=0, steps=None, batch_size=32, views
         raise ValueError("predict: the data produced no batches.")
     probs = np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
     y_true = np.concatenate(labels, axis=0) if has_labels and labels else None
+    shard = getattr(data, "shard", None)
+    if shard is not None:  # one rank's rows of a data-parallel evaluation: gather every rank's, in order
+        probs = shard.gather(probs)
+        y_true = None if y_true is None else shard.gather(y_true)
     return probs, y_true
 
 

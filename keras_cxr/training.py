@@ -16,6 +16,11 @@
 - `training_state.npz` while training runs: the snapshot of the last
   completed epoch that `fit_recipe(..., resume=True)` (`keras-cxr fit
   --resume`) continues from; deleted when the run finishes.
+
+Data-parallel runs (an initialised `torch.distributed` process group, see
+`keras_cxr.distributed`): every rank trains on its slice of each global
+batch (`recipe.batch_size` is the global batch) with gradients averaged, and
+only rank 0 writes the run directory.
 """
 
 import contextlib
@@ -29,9 +34,21 @@ import numpy as np
 import pandas as pd
 
 from keras_cxr import accel, models
-from keras_cxr.callbacks import SWA, CollectCycles, MacroF1Checkpoint, NaNGuard, TrainingState, WarmupCosine
+from keras_cxr.callbacks import (
+    SWA,
+    AverageBatchNormStatistics,
+    CollectCycles,
+    MacroF1Checkpoint,
+    NaNGuard,
+    TrainingState,
+    WarmupCosine,
+)
 from keras_cxr.config import ConfigError
 from keras_cxr.data import CXRDataset, Table, TableError, drop_unreadable, read_table
+from keras_cxr.distributed import context as distributed
+from keras_cxr.distributed.batch_norm import synchronized_batch_norm
+from keras_cxr.distributed.randomness import global_dropout_masks
+from keras_cxr.distributed.train_step import data_parallel
 from keras_cxr.errors import FieldError
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
@@ -227,9 +244,10 @@ def make_optimizer(config):
     return keras.optimizers.SGD(momentum=0.9, nesterov=True, weight_decay=config.weight_decay, **common)
 
 
-def make_datasets(recipe, train_table, val_table, image_size):
+def make_datasets(recipe, train_table, val_table, image_size, shard=None):
+    """The training and validation `CXRDataset`s of `recipe`; `shard`: this rank's share (data-parallel runs)."""
     data = recipe.data
-    loader = dict(workers=data.workers, use_multiprocessing=data.use_multiprocessing, cache=data.cache)
+    loader = dict(workers=data.workers, use_multiprocessing=data.use_multiprocessing, cache=data.cache, shard=shard)
     train = CXRDataset(
         train_table,
         image_size,
@@ -284,7 +302,7 @@ def _divergence_message(guard, checkpoint, steps_per_epoch, best_path):
             "or use precision=float32.")
 
 
-def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False, accelerate=True):
+def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False, accelerate=True, sync_batch_norm=False):
     """Train `recipe` and write its run directory; returns the metrics dict.
 
     With `resume=True`, continue the unfinished run in `out_dir` from its last
@@ -292,9 +310,22 @@ def fit_recipe(recipe, out_dir, verbose=1, overwrite=False, resume=False, accele
     `recipe.json`. The continued run ends with the same weights and
     probabilities as an uninterrupted one. With `accelerate=True` the run
     has `keras_cxr.accel` on (and off again after), unless it is on already.
+
+    In a data-parallel process group (`keras_cxr.distributed.initialize()`
+    on every rank, e.g. under torchrun) every rank calls this with the same
+    arguments: `recipe.batch_size` is the global batch (it must divide by the
+    number of ranks), gradients are averaged at every step, dropout masks
+    are drawn for the global batch, BatchNormalization uses per-rank batch
+    statistics averaged at each epoch end, or the global batch's with
+    `sync_batch_norm=True`; rank 0 writes the run directory and returns the
+    metrics, the other ranks return `None`. A resumed run needs the same
+    number of ranks and `sync_batch_norm`.
     """
-    with accel.enabled() if accelerate else contextlib.nullcontext():
-        return _fit_recipe(recipe, out_dir, verbose, overwrite, resume)
+    context = distributed.current()
+    sync = context if sync_batch_norm else None
+    with (accel.enabled() if accelerate else contextlib.nullcontext()), global_dropout_masks(context), \
+            synchronized_batch_norm(sync):
+        return _fit_recipe(recipe, out_dir, verbose, overwrite, resume, context, bool(sync))
 
 
 def _calibrate_on_validation(out, val_table, val_probs, val_ids, class_names):
@@ -330,27 +361,47 @@ def _environment():
             "torch_threads": torch.get_num_threads()}
 
 
-def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
-    started = time.perf_counter()
+def _open_run_directory(recipe, out_dir, overwrite, resume):
+    """The run directory, checked (and made) for this run; rank 0's work alone in a data-parallel run."""
     if resume:
         if overwrite:
             raise _run_directory_error("{resume} and {overwrite} cannot be combined")
         out = check_resumable(recipe, out_dir)
     else:
         out = prepare_run_directory(out_dir, overwrite=overwrite)
+    if recipe.data.data_dir is None and recipe.data.tfds_dir is None:
+        resolve_data_dir(recipe.data)  # generates the embedded data set once, before other ranks read it
+    return out
+
+
+def _start_run(recipe, out):
+    """Once the data have been read: replace a previous run's snapshot and record the recipe."""
+    (out / STATE_FILE).unlink(missing_ok=True)  # left by an unfinished run that --overwrite replaces
+    write_json_atomic(recipe.to_dict(), out / "recipe.json")
+
+
+def _fit_recipe(recipe, out_dir, verbose, overwrite, resume, context, sync_batch_norm):
+    started = time.perf_counter()
+    world_size = 1 if context is None else context.world_size
+    main = context is None or context.is_main
+    verbose = verbose if main else 0
+    if recipe.batch_size % world_size:
+        raise ConfigError(f"Recipe.batch_size: {recipe.batch_size} is the global batch and must divide by the "
+                          f"{world_size} ranks")
+    on_main = (lambda function: function()) if context is None else context.on_main
+    out = on_main(lambda: _open_run_directory(recipe, out_dir, overwrite, resume))
     train_table, val_table, skipped_images = load_tables(recipe.data, verbose=verbose)
     if skipped_images and verbose:
         print(f"Skipping {len(skipped_images)} unreadable images (listed in metrics.json).")
     class_names = recipe.data.class_names
-
     if not resume:
-        (out / STATE_FILE).unlink(missing_ok=True)  # left by an unfinished run that --overwrite replaces
-        write_json_atomic(recipe.to_dict(), out / "recipe.json")
+        on_main(lambda: _start_run(recipe, out))
+
     set_seed(recipe.seed)
     precision = set_precision(recipe.precision)
     model = build_model(recipe, len(class_names))
     image_size = int(model.input_shape[1])
-    train_data, val_data = make_datasets(recipe, train_table, val_table, image_size)
+    train_data, val_data = make_datasets(recipe, train_table, val_table, image_size, shard=context)
 
     model.compile(
         optimizer=make_optimizer(recipe.optimizer),
@@ -360,9 +411,10 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
             label_smoothing=recipe.loss.label_smoothing,
         ),
     )
+    data_parallel(model, context)
 
     best_path = out / "best.keras"
-    checkpoint = MacroF1Checkpoint(val_data, filepath=str(best_path), verbose=verbose)
+    checkpoint = MacroF1Checkpoint(val_data, filepath=str(best_path) if main else None, verbose=verbose)
     throughput = _TrainThroughput(len(train_table))
     guard = NaNGuard()
     callbacks = [
@@ -374,6 +426,7 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
         ),
         throughput,
         train_data.epoch_callback(),
+        *([] if context is None else [AverageBatchNormStatistics(context)]),
         checkpoint,
     ]
     early_stopping = None
@@ -394,13 +447,15 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
             swa_lr=recipe.swa.learning_rate,
             bn_data=train_data,
             validation_data=val_data,
-            filepath=str(out / "swa.keras"),
+            filepath=str(out / "swa.keras") if main else None,
             checkpoint=checkpoint,
             verbose=verbose,
         )
         callbacks.append(swa)
     # Last, so it restores the others after they reset and saves what they recorded.
-    state = TrainingState(out / STATE_FILE, checkpoint=checkpoint, swa=swa, early_stopping=early_stopping)
+    run_facts = {"world_size": world_size, "sync_batch_norm": sync_batch_norm}
+    state = TrainingState(out / STATE_FILE, checkpoint=checkpoint, swa=swa, early_stopping=early_stopping,
+                          run=run_facts, write=main)
     callbacks.append(state)
 
     # Keras builds compiled metrics by pulling one batch; with loader workers
@@ -419,6 +474,10 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
                   callbacks=[*callbacks, collect_cycles], verbose=verbose, shuffle=False)
     finally:
         collect_cycles.release()
+    if not main:
+        return None  # rank 0 alone writes the results, with no collective after this point
+    if context is not None:
+        val_data = make_datasets(recipe, train_table, val_table, image_size)[1]
     history_frame = pd.DataFrame(state.history)  # every epoch, those before a resume included
     history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
     write_csv_atomic(history_frame, out / "history.csv")
@@ -444,6 +503,7 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume):
         "epochs_run": len(history_frame),
         "resumed_after_epoch": initial_epoch or None,
         "precision": precision,
+        **run_facts,
         "image_size": image_size,
         "train_images": len(train_table),
         "val_images": len(val_table),

@@ -9,7 +9,8 @@ Keras does (biased variance, the layer's momentum). While a marked model
 runs (`keras_cxr.accel.graph`), the moving-statistics updates of its batch
 norms are applied together when the call ends, as multi-tensor ops (on a GPU
 a few launches instead of six per layer; the same elementwise arithmetic).
-Masks, renormalization, synchronized batch norm and other ranks go to
+Masks, renormalization, synchronized batch norm (Keras's or keras-cxr's
+data-parallel one) and other ranks go to
 Keras's own `call`.
 """
 
@@ -27,6 +28,9 @@ _keras_batch_norm_call = None
 in_stateless_scope = to_torch_dtype = None
 
 _DTYPES = ("float16", "bfloat16", "float32")
+# Set on a `BatchNormalization._moments` replacement whose moments are not the local batch's
+# (`keras_cxr.distributed.synchronized_batch_norm`): the fused kernel would compute local ones.
+GLOBAL_MOMENTS_MARK = "keras_cxr_global_moments"
 _ATTRIBUTES = ("renorm", "synchronized", "momentum", "epsilon", "axis", "center", "scale")
 
 
@@ -48,6 +52,7 @@ def _applies(layer, inputs, mask):
         mask is None
         and not layer.renorm
         and not layer.synchronized
+        and not getattr(type(layer)._moments, GLOBAL_MOMENTS_MARK, False)
         and len(inputs.shape) == 4
         and layer.axis in (3, -1)
         and layer.compute_dtype in _DTYPES

@@ -35,7 +35,9 @@ def update_bn(model, data, steps=None):
     momentum and the model's train/eval mode are restored afterwards.
 
     Frozen BatchNormalization layers (`trainable=False`) do not update in
-    training mode and are left untouched. Other training-mode behaviour
+    training mode and are left untouched. With a data-parallel `data` (a
+    `CXRDataset` with a `shard`) each rank averages over its own batches,
+    then the ranks' statistics are averaged (`shard.average_`). Other training-mode behaviour
     (Dropout, random augmentation layers) runs as during training.
 
     Args:
@@ -79,6 +81,9 @@ def update_bn(model, data, steps=None):
             model.eval()
     if n == 0:
         raise ValueError("update_bn: bn_data produced no batches.")
+    shard = getattr(data, "shard", None)
+    if shard is not None:
+        shard.average_([v.value for layer in layers for v in (layer.moving_mean, layer.moving_variance)])
     return n
 
 

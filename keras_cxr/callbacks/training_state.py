@@ -10,7 +10,8 @@ import numpy as np
 
 from keras_cxr.io import atomic_write
 
-_FORMAT = 1
+# 2: images augmented from per-image random streams (keras-cxr 0.x, data-parallel training); world size recorded.
+_FORMAT = 2
 
 
 class TrainingState(keras.callbacks.Callback):
@@ -44,6 +45,11 @@ class TrainingState(keras.callbacks.Callback):
         checkpoint: the run's `MacroF1Checkpoint`, or None.
         swa: the run's `SWA`, or None.
         early_stopping: the run's `keras.callbacks.EarlyStopping`, or None.
+        run: a dict of facts a continued run must share (e.g.
+            `{"world_size": 2, "sync_batch_norm": True}`); `restore` refuses
+            a snapshot whose facts differ, naming them.
+        write: `False` on the ranks of a data-parallel run that do not write
+            files: they keep the history but save nothing.
 
     Example:
 
@@ -57,9 +63,11 @@ class TrainingState(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, filepath, checkpoint=None, swa=None, early_stopping=None):
+    def __init__(self, filepath, checkpoint=None, swa=None, early_stopping=None, run=None, write=True):
         super().__init__()
         self.filepath = str(filepath)
+        self.run = dict(run or {})
+        self.write = write
         self.checkpoint = checkpoint
         self.swa = swa
         self.early_stopping = early_stopping
@@ -74,7 +82,7 @@ class TrainingState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         row = {k: _plain(v) for k, v in (logs or {}).items()}
         self.history.append(row)
-        if all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+        if self.write and all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
             self._save(epoch + 1)  # a diverged epoch (NaN loss) is not worth continuing from
 
     def _save(self, epochs_done):
@@ -84,6 +92,7 @@ class TrainingState(keras.callbacks.Callback):
         meta = {
             "format": _FORMAT,
             "epochs_done": epochs_done,
+            "run": self.run,
             "history": self.history,
             "callbacks": _callback_state(self),
             "python_random": _to_json(random.getstate()),
@@ -125,7 +134,14 @@ class TrainingState(keras.callbacks.Callback):
             arrays = {k: data[k] for k in data.files}
         meta = _meta(arrays)
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: unknown training-state format {meta.get('format')!r}")
+            raise ValueError(f"{path}: training-state format {meta.get('format')!r}, this keras-cxr reads "
+                             f"format {_FORMAT} (a snapshot of another keras-cxr version)")
+        saved_run = meta.get("run", {})
+        changed = [f"{k} {saved_run.get(k)!r} -> {self.run.get(k)!r}" for k in sorted(set(saved_run) | set(self.run))
+                   if saved_run.get(k) != self.run.get(k)]
+        if changed:
+            raise ValueError(f"{path}: the run continued differs from the run saved in {', '.join(changed)}; "
+                             "continue it with the same settings")
         model, optimizer = self.model, self.model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)

@@ -23,18 +23,85 @@ from keras_cxr.cli._common import Reported, UserError, accelerate_command, check
 @click.option("--resume", is_flag=True,
               help="Continue the unfinished run in --out from its last completed epoch (same recipe and options).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="Train data-parallel with this many processes on this machine (torch.distributed; one per GPU). "
+                   "--batch-size stays the global batch.")
+@click.option("--sync-bn", is_flag=True,
+              help="Data-parallel runs: BatchNorm uses the statistics of the global batch (default: per process, "
+                   "averaged at each epoch end).")
 def fit(recipe_file, data_dir, tfds_dir, out_dir, epochs, image_size, batch_size, assignments, folds_dir, fold, overwrite,
-        resume, quiet):
-    """Train the recipe in RECIPE_FILE and write a run directory."""
-    from keras_cxr.recipe import apply_overrides, load_recipe
-    from keras_cxr.training import TrainingDiverged, fit_recipe
+        resume, quiet, nproc, sync_bn):
+    """Train the recipe in RECIPE_FILE and write a run directory.
 
+    Data-parallel: `keras-cxr fit --nproc N ...` on one machine, or
+    `torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT ...]
+    -m keras_cxr fit ...` on one or more; rank 0 writes the run directory.
+    """
+    from keras_cxr import distributed
+
+    _check_data_options(data_dir, tfds_dir, folds_dir, fold)
+    options = (recipe_file, data_dir, tfds_dir, folds_dir, fold, epochs, image_size, batch_size, assignments)
+    if nproc is not None and nproc > 1 and not distributed.requested():
+        recipe = _recipe(*options)  # bad options are told once, here, not by every rank
+        if recipe.batch_size % nproc:
+            raise UserError(f"--batch-size {recipe.batch_size} is the global batch and must divide by --nproc {nproc}")
+        _launch(nproc)
+        return
+    context = distributed.initialize()
+    try:
+        _fit(_recipe(*options), out_dir, overwrite, resume, quiet, sync_bn, context)
+    except click.ClickException as e:
+        if context is not None and not context.is_main:
+            click.get_current_context().exit(e.exit_code)  # rank 0 says the same
+        raise
+    except Exception as e:
+        if context is not None and distributed.context.is_peer_failure(e):
+            click.echo(f"rank {context.rank}: stopped, another rank failed ({str(e).splitlines()[0][:200]})", err=True)
+            click.get_current_context().exit(distributed.context.PEER_FAILED_EXIT)
+        raise
+    finally:
+        if context is not None:
+            distributed.shutdown()
+
+
+def _check_data_options(data_dir, tfds_dir, folds_dir, fold):
     if (folds_dir is None) != (fold is None):
         raise UserError("--folds-dir and --fold go together")
     if folds_dir is not None and data_dir is not None:
         raise UserError("--data-dir and --folds-dir cannot be combined (the fold CSVs locate their images)")
     if tfds_dir is not None and (data_dir is not None or folds_dir is not None):
         raise UserError("--tfds-dir replaces --data-dir / --folds-dir: give one of them")
+
+
+def _launch(nproc):
+    """Run this very `fit` command as `nproc` ranks (`python -m keras_cxr ... fit ...` under torch's launcher)."""
+    from keras_cxr.distributed.launch import LaunchFailed, launch
+
+    ctx = click.get_current_context()
+    args = (["--no-accel"] if not ctx.find_root().obj["accelerate"] else []) + [ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == "nproc" or value is None or value is False or value == ():
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif param.is_flag:
+            args.append(param.opts[0])
+        else:
+            for item in value if param.multiple else [value]:
+                args += [param.opts[0], str(item)]
+    try:
+        launch(args, nproc)
+    except LaunchFailed as e:
+        if e.failure.exit_code == UserError.exit_code:
+            ctx.exit(UserError.exit_code)  # rank 0 has said why
+        raise click.ClickException(f"data-parallel run stopped: {e}") from None
+
+
+def _recipe(recipe_file, data_dir, tfds_dir, folds_dir, fold, epochs, image_size, batch_size, assignments):
+    """The recipe in `recipe_file` with the command's options applied."""
+    from keras_cxr.recipe import apply_overrides, load_recipe
+
     with Reported():
         recipe = load_recipe(recipe_file)
         flags = []
@@ -50,13 +117,21 @@ def fit(recipe_file, data_dir, tfds_dir, out_dir, epochs, image_size, batch_size
         for key, value in (("epochs", epochs), ("model.image_size", image_size), ("batch_size", batch_size)):
             if value is not None:
                 flags.append(f"{key}={value}")
-        recipe = apply_overrides(recipe, flags + list(assignments))
-        out = out_dir or recipe.output
+        return apply_overrides(recipe, flags + list(assignments))
+
+
+def _fit(recipe, out_dir, overwrite, resume, quiet, sync_bn, context):
+    from keras_cxr.training import TrainingDiverged, fit_recipe
+
+    out = out_dir or recipe.output
+    with Reported():
         try:
             metrics = fit_recipe(recipe, out, verbose=0 if quiet else 1, overwrite=overwrite, resume=resume,
-                                 accelerate=accelerate_command())
+                                 accelerate=accelerate_command(), sync_batch_norm=sync_bn)
         except TrainingDiverged as e:
             raise click.ClickException(str(e)) from None
+    if metrics is None:
+        return  # not rank 0
     per_class = " ".join(f"{k}={v['f1']:.3f}" for k, v in metrics["validation"]["per_class"].items())
     click.echo(
         f"val Macro-F1 {metrics['val_macro_f1']:.4f} ({per_class}); "
