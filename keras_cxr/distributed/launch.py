@@ -19,6 +19,9 @@ class RankFailure:
     def describe(self):
         if self.signal:
             return f"rank {self.rank} was stopped by {self.signal}"
+        if self.exit_code == PEER_FAILED_EXIT:  # every failed rank lost its peers: one hung (or the network broke)
+            return (f"rank {self.rank} lost contact with the other ranks (one hung past KERAS_CXR_DIST_TIMEOUT "
+                    "or the connection broke)")
         return f"rank {self.rank} exited with status {self.exit_code}"
 
 

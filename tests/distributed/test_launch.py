@@ -26,5 +26,6 @@ def test_the_earliest_own_failure_wins_and_an_exit_status_is_told():
     assert first_failure(failures).describe() == "rank 3 exited with status 2"
 
 
-def test_only_peer_failures_still_name_one():
-    assert first_failure({1: _Failure(PEER_FAILED_EXIT, 5)}).rank == 1
+def test_only_peer_failures_say_a_rank_was_lost():
+    failure = first_failure({1: _Failure(PEER_FAILED_EXIT, 5)})
+    assert failure.rank == 1 and "lost contact with the other ranks" in failure.describe()
