@@ -81,8 +81,31 @@ def calibration_scores(y_true_ids, probs, n_bins=15):
     }
 
 
+def pair_confusion(confusion, class_names, first, second):
+    """How often two classes are mistaken for each other, from a confusion matrix (rows true, columns predicted).
+
+    Returns `None` when either class is missing, else a dict: `f"{first}_as_{second}"` (share of the true
+    `first` rows predicted `second`), the reverse, and `rate` (both kinds of mistake over the rows of the two
+    classes together).
+    """
+    if first not in class_names or second not in class_names:
+        return None
+    confusion = np.asarray(confusion)
+    a, b = class_names.index(first), class_names.index(second)
+    rows_a, rows_b = confusion[a].sum(), confusion[b].sum()
+    share = lambda count, rows: float(count / rows) if rows else 0.0  # noqa: E731
+    return {
+        f"{first}_as_{second}": share(confusion[a, b], rows_a),
+        f"{second}_as_{first}": share(confusion[b, a], rows_b),
+        "rate": share(confusion[a, b] + confusion[b, a], rows_a + rows_b),
+    }
+
+
 def classification_summary(y_true_ids, probs, class_names):
     """Macro-F1, accuracy, calibration (ECE, Brier, NLL), per-class precision/recall/F1/support, confusion matrix.
+
+    With "bacteria" and "virus" among the classes, `bacteria_virus_confusion`
+    (`pair_confusion`) shows the pneumonia classes' usual weak spot.
 
     Args:
         y_true_ids: (N,) integer class ids.
@@ -98,6 +121,7 @@ def classification_summary(y_true_ids, probs, class_names):
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true_ids, y_pred, labels=labels, zero_division=0
     )
+    confusion = skm.confusion_matrix(y_true_ids, y_pred, labels=labels)
     return {
         "macro_f1": float(skm.f1_score(y_true_ids, y_pred, average="macro")),
         "accuracy": float((y_true_ids == y_pred).mean()),
@@ -113,7 +137,8 @@ def classification_summary(y_true_ids, probs, class_names):
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": skm.confusion_matrix(y_true_ids, y_pred, labels=labels).tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "bacteria_virus_confusion": pair_confusion(confusion, list(class_names), "bacteria", "virus"),
         "class_names": list(class_names),
     }
 
@@ -157,4 +182,8 @@ def format_summary(summary):
               " " * width + "  " + " ".join(f"{n[:8]:>8}" for n in names)]
     for name, row in zip(names, summary["confusion_matrix"]):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:8d}" for v in row))
+    pair = summary.get("bacteria_virus_confusion")
+    if pair:
+        lines += ["", f"bacteria/virus confusion {pair['rate']:.4f} (bacteria as virus {pair['bacteria_as_virus']:.4f}, "
+                      f"virus as bacteria {pair['virus_as_bacteria']:.4f})"]
     return "\n".join(lines)

@@ -136,6 +136,7 @@ def _fit(recipe, out_dir, overwrite, resume, quiet, sync_bn, context):
     click.echo(
         f"val Macro-F1 {metrics['val_macro_f1']:.4f} ({per_class}); "
         + ("best model: SWA" if metrics["best_source"] == "swa" else f"best epoch {metrics['best_epoch']}")
+        + (f"; bacteria/virus confusion {pair['rate']:.3f}" if (pair := metrics["validation"].get("bacteria_virus_confusion")) else "")
         + f"; {metrics['seconds']:.0f} s; run directory: {out}"
     )
 
