@@ -62,7 +62,7 @@ class Context:
             try:
                 outcome = (True, function())
             except Exception as e:  # noqa: BLE001 - handed to every rank, raised there
-                outcome = (False, e)
+                outcome = (False, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
         ok, value = self.broadcast(outcome)
         if not ok:
             raise value
@@ -80,6 +80,16 @@ class Context:
         import torch.distributed as dist
 
         dist.barrier(group=_object_group)
+
+
+def _picklable(value):
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(value))
+        return True
+    except Exception:  # noqa: BLE001 - whatever pickling raises, the value cannot travel
+        return False
 
 
 def requested():

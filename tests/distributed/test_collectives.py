@@ -86,3 +86,35 @@ def test_gather_keeps_rank_order_and_average_is_the_mean():
         assert gathered == [0, 1, 2, 100, 101, 102, 103, 104, 105]
         assert averaged == [1.5, 1.5]
         assert told == "from 0"
+
+
+class _Unpicklable(Exception):
+    def __init__(self, message, handle):
+        super().__init__(message)
+        self.handle = handle
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle")
+
+
+def _on_main(context):
+    from keras_cxr.config import ConfigError
+
+    made = context.on_main(lambda: f"made by {context.rank}")
+    outcomes = []
+    for error in (ConfigError("Recipe.epochs: must be >= 1"), _Unpicklable("no pickle", object())):
+        def fail(error=error):
+            raise error
+        try:
+            context.on_main(fail)
+        except Exception as e:  # noqa: BLE001 - compared below
+            outcomes.append((type(e).__name__, str(e)))
+    return made, outcomes
+
+
+def test_rank_0_work_and_its_errors_reach_every_rank():
+    results = run_ranks(_on_main)
+    for made, outcomes in results:
+        assert made == "made by 0"
+        assert outcomes == [("ConfigError", "Recipe.epochs: must be >= 1"),
+                            ("RuntimeError", "_Unpicklable: no pickle")]
