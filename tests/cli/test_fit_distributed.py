@@ -13,7 +13,11 @@ import pytest
 
 from tests.cli.support import invoke, one_line_error
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Every run here is --no-accel already: the KERAS_CXR_ACCEL=0 pass would repeat the same 2 minutes.
+    pytest.mark.skipif(os.environ.get("KERAS_CXR_ACCEL") == "0", reason="runs --no-accel in the main pass"),
+]
 
 # --no-accel on both sides: synchronised batch norm then computes the moments with Keras's own formula, as the
 # single process does (with acceleration the single process uses torch's fused kernel, a different rounding).
