@@ -1,6 +1,7 @@
 """Per-step linear warmup followed by cosine decay."""
 
 import math
+import warnings
 
 import keras
 
@@ -140,9 +141,12 @@ class WarmupCosine(keras.callbacks.Callback):
         self.total_steps = int(epochs) * self._spe
         self.warmup_steps = int(round(self.warmup_epochs * self._spe))
         if self.warmup_steps > self.total_steps:
-            raise ValueError(
-                f"warmup ({self.warmup_epochs} epochs = {self.warmup_steps} steps) is longer "
-                f"than training ({epochs} epochs = {self.total_steps} steps)."
+            # e.g. a GPU recipe run for one epoch to check it starts: train, on the first part of the ramp
+            warnings.warn(
+                f"WarmupCosine: warmup ({self.warmup_epochs} epochs = {self.warmup_steps} steps) is longer "
+                f"than training ({epochs} epochs = {self.total_steps} steps); the learning rate rises for the "
+                f"whole run and ends at {self.lr_at(self.total_steps - 1):.3e}, below its peak {self.peak_lr:.3e}.",
+                stacklevel=2,
             )
 
     def lr_at(self, step):

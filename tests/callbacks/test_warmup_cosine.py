@@ -63,3 +63,12 @@ def test_warmup_cosine_explicit_lengths_and_errors():
     model.compile(optimizer=keras.optimizers.SGD(sched), loss="categorical_crossentropy")
     with pytest.raises(TypeError, match="float learning_rate"):
         model.fit(ArrayDataset(x, y), epochs=1, callbacks=[WarmupCosine(1e-2)], verbose=0)
+
+
+def test_warmup_longer_than_training_warns_and_ramps_for_the_whole_run():
+    model = compile_model(tiny_model())
+    x, y = make_data(16, 2)  # 2 steps per epoch
+    rec = Recorder()
+    with pytest.warns(UserWarning, match=r"warmup \(6.0 epochs = 12 steps\) is longer than training \(1 epochs = 2 steps\)"):
+        model.fit(ArrayDataset(x, y), epochs=1, callbacks=[WarmupCosine(1e-2, 6, 1e-4), rec], verbose=0)
+    np.testing.assert_allclose(rec.lrs, [1e-2 / 12, 2e-2 / 12], rtol=1e-6)
