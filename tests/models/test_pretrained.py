@@ -1,4 +1,4 @@
-"""Pretrained weights: where they come from, where they are cached, and a clear error when neither works (no network)."""
+"""Pretrained weights: where they come from, where they are cached, one clear error when neither works (offline)."""
 
 import os
 
@@ -95,7 +95,8 @@ def test_a_blocked_keras_hub_preset_is_one_clear_error(caches):
     with pytest.raises(pretrained.WeightsUnavailable) as raised:
         models.build("swin_t", weights="imagenet")
     message = str(raised.value)
-    for part in ["model 'swin_t'", "keras-hub preset kaggle://keras/swin-transformer/keras/swin_tiny_patch4_window7_224/1",
+    for part in ["model 'swin_t'",
+                 "keras-hub preset kaggle://keras/swin-transformer/keras/swin_tiny_patch4_window7_224/1",
                  "Failed to resolve 'www.kaggle.com'", str(caches / "kagglehub" / "models" / "keras"),
                  "set KAGGLEHUB_CACHE=DIR"]:
         assert part in message, (part, message)
