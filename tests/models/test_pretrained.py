@@ -147,3 +147,17 @@ def test_a_copied_weights_file_builds_offline(caches):
     model = models.build("effv2_s", image_size=32, weights="imagenet")
     assert_same_weights(backbone_weights(model), source.get_weights())
     assert model.predict(np.zeros((1, 32, 32, 3), "uint8"), verbose=0).shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_a_copied_keras_hub_preset_builds_offline(caches):
+    """A preset folder in kagglehub's cache layout (faked from a random tiny Swin) is what `swin_t` loads."""
+    from keras_cxr.models import swin
+
+    needed = pretrained.requirement("swin_t")
+    source = swin.swin_backbone("tiny_swin", 64)
+    source.save_to_preset(needed.path)
+    assert needed.available()
+    model = models.build("swin_t", weights="imagenet")
+    assert_same_weights(backbone_weights(model), source.get_weights())
+    assert model.predict(np.zeros((1, 224, 224, 3), "uint8"), verbose=0).shape == (1, 4)
