@@ -216,6 +216,11 @@ def _reason(error, origin):
     # Keras words it "URL fetch failure on <origin>: <code> -- <reason>": the origin is named already.
     if (keras_failure := re.fullmatch(rf"URL fetch failure on {re.escape(origin)}: \S+ -- (.+)", text)):
         text = keras_failure.group(1)
+    # requests (under kagglehub) nests its cause in a retry message.
+    if (resolve := re.search(r"Failed to resolve '([^']+)'", text)):
+        return f"cannot resolve {resolve.group(1)}"
+    if "Max retries exceeded" in text and (host := re.search(r"host='([^']+)'", text)):
+        return f"cannot reach {host.group(1)}"
     return text if len(text) <= 200 else text[:197] + "..."
 
 

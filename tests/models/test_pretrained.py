@@ -25,8 +25,12 @@ def caches(tmp_path, monkeypatch):
     monkeypatch.setattr(efficientnet_v2, "BASE_WEIGHTS_PATH", UNREACHABLE)
     monkeypatch.setattr(convnext, "BASE_WEIGHTS_PATH", UNREACHABLE)
 
-    def offline(handle, path=None, **kwargs):
-        raise ConnectionError(f"Failed to resolve 'www.kaggle.com' for {handle}")
+    def offline(handle, path=None, **kwargs):  # as requests words it under kagglehub
+        raise ConnectionError(
+            "HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: "
+            "/v1/models.ModelApiService/ListModelInstanceVersionFiles (Caused by NameResolutionError(\"<urllib3."
+            "connection.HTTPSConnection object>: Failed to resolve 'api.kaggle.com' ([Errno -2] Name or service "
+            "not known)\"))")
 
     monkeypatch.setattr(kagglehub, "model_download", offline)
     return tmp_path
@@ -97,7 +101,7 @@ def test_a_blocked_keras_hub_preset_is_one_clear_error(caches):
     message = str(raised.value)
     for part in ["model 'swin_t'",
                  "keras-hub preset kaggle://keras/swin-transformer/keras/swin_tiny_patch4_window7_224/1",
-                 "Failed to resolve 'www.kaggle.com'", str(caches / "kagglehub" / "models" / "keras"),
+                 "(cannot resolve api.kaggle.com)", str(caches / "kagglehub" / "models" / "keras"),
                  "set KAGGLEHUB_CACHE=DIR"]:
         assert part in message, (part, message)
 
