@@ -48,6 +48,14 @@ class WeightsUnavailable(FieldError):
         super().__init__(template, **wording)
         self.requirement = requirement
 
+    def __reduce__(self):
+        # Whole, fields included, when a data-parallel run hands rank 0's error to the other ranks.
+        return _rebuild_unavailable, (self.template, self.requirement, self.wording)
+
+
+def _rebuild_unavailable(template, requirement, wording):
+    return WeightsUnavailable(template, requirement, **wording)
+
 
 @dataclasses.dataclass(frozen=True)
 class Requirement:

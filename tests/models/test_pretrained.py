@@ -1,6 +1,7 @@
 """Pretrained weights: where they come from, where they are cached, one clear error when neither works (offline)."""
 
 import os
+import pickle
 
 import h5py
 import keras
@@ -93,6 +94,10 @@ def test_a_blocked_download_is_one_clear_error(caches):
     assert not target.exists()
     assert raised.value.requirement.model == "effv2_s"
     assert raised.value.render({"fetch": "keras-cxr weights fetch"}).count("keras-cxr weights fetch effv2_s") == 1
+    # Data-parallel ranks receive rank 0's error pickled: it arrives whole.
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert (type(copy), str(copy), copy.requirement, copy.fields) == (
+        pretrained.WeightsUnavailable, message, raised.value.requirement, ("fetch", "weights"))
 
 
 def test_a_blocked_keras_hub_preset_is_one_clear_error(caches):
