@@ -239,11 +239,11 @@ def unavailable(requirement, reason):
     return WeightsUnavailable(
         f"model {name!r} needs its pretrained weights ({kind} {requirement.origin}) and cannot fetch them "
         f"({reason}); keras-cxr looks for a local copy at {requirement.path}. Either fetch them on a connected "
-        f"machine ({{fetch}} {name} --out DIR), copy DIR here and set {requirement.variable}=DIR "
+        f"machine ({{fetch}} {name} {{out_dir}} DIR), copy DIR here and set {requirement.variable}=DIR "
         f"(or copy its contents into {requirement.root}), or start from a local weights file or preset folder "
         "with {weights}",
         requirement,
-        fetch="keras_cxr.models.pretrained.fetch of", weights="model.weights=PATH",
+        fetch="keras_cxr.models.pretrained.fetch of", out_dir="into", weights="model.weights=PATH",
     )
 
 
