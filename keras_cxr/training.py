@@ -53,6 +53,7 @@ from keras_cxr.errors import FieldError
 from keras_cxr.evaluation import classification_summary
 from keras_cxr.io import write_csv_atomic, write_json_atomic
 from keras_cxr.losses import FocalLoss
+from keras_cxr.models import pretrained
 from keras_cxr.plots import plot_confusion_matrix, plot_history, plot_reliability
 from keras_cxr.precision import set_precision
 from keras_cxr.predict import predict_with_labels
@@ -281,6 +282,25 @@ def build_model(recipe, num_classes):
     )
 
 
+def fetch_pretrained(config, verbose=1):
+    """Before anything is written: the pretrained weights `config` starts from, fetched into the cache if missing.
+
+    Args:
+        config: a recipe's `Model`; only `weights="imagenet"` needs anything.
+        verbose: 0 hides the download progress.
+
+    Raises:
+        keras_cxr.models.pretrained.WeightsUnavailable: neither cached nor
+            downloadable (the message names the URL or preset, the cache
+            path and the ways out).
+    """
+    if config.weights != "imagenet":
+        return
+    needed = pretrained.requirement(config.name)
+    if needed is not None and not needed.available():
+        pretrained.download(needed, verbose)
+
+
 def _restore(state):
     try:
         return state.restore()
@@ -389,6 +409,7 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume, context, sync_batch
         raise ConfigError(f"Recipe.batch_size: {recipe.batch_size} is the global batch and must divide by the "
                           f"{world_size} ranks")
     on_main = (lambda function: function()) if context is None else context.on_main
+    on_main(lambda: fetch_pretrained(recipe.model, verbose))
     out = on_main(lambda: _open_run_directory(recipe, out_dir, overwrite, resume))
     train_table, val_table, skipped_images = load_tables(recipe.data, verbose=verbose)
     if skipped_images and verbose:

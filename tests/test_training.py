@@ -12,6 +12,7 @@ import pytest
 from keras_cxr.data import Augmentation, Mixing, read_table
 from keras_cxr.recipe import SWA, Data, EarlyStopping, Loss, Model, Optimizer, Recipe, Schedule
 from keras_cxr.training import RunDirectoryError, fit_recipe
+from tests.models.test_pretrained import caches  # noqa: F401  - a fixture
 
 
 def tiny_recipe(**changes):
@@ -134,6 +135,16 @@ def test_bad_data_dir_fails_before_training(tmp_path):
     with pytest.raises(Exception, match=r"train.csv"):
         fit_recipe(recipe, tmp_path / "out", verbose=0)
     assert not (tmp_path / "out" / "best.keras").exists()
+
+
+def test_unfetchable_pretrained_weights_fail_before_the_run_directory(caches):  # noqa: F811
+    """Offline and not cached: one WeightsUnavailable, before any output (the data are not even read)."""
+    from keras_cxr.models.pretrained import WeightsUnavailable
+
+    recipe = tiny_recipe(model=Model(name="convnext_t", image_size=32, weights="imagenet"))
+    with pytest.raises(WeightsUnavailable, match="convnext_tiny_notop.h5"):
+        fit_recipe(recipe, caches / "out", verbose=0)
+    assert not (caches / "out").exists()
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import click
 
-from keras_cxr.cli import audit, calibrate, download, explain, export, infer, report, tfds, train
+from keras_cxr.cli import audit, calibrate, download, explain, export, infer, report, tfds, train, weights
 from keras_cxr.cli._common import FLAGS
 
 
@@ -18,7 +18,7 @@ def main(ctx, no_accel):
 
 for _command in (train.fit, train.list_models, train.kfold, train.oof, infer.predict, infer.evaluate, infer.blend,
                  infer.pseudo_label, calibrate.calibrate, audit.audit, explain.explain,
-                 report.report, download.download, export.export, tfds.tfds):
+                 report.report, download.download, export.export, tfds.tfds, weights.weights):
     main.add_command(_command)
 
 __all__ = ["FLAGS", "main"]

@@ -20,7 +20,8 @@ FLAGS = {
     "fold_csvs": "keras-cxr fit --folds-dir DIR --fold K",
     "calibration": "--calibration", "method": "--method", "cv_folds": "--cv-folds", "model": "MODEL", "target": "--class",
     "run_dir": "RUN", "probs": "--probs", "labels": "--labels", "audit": "--audit",
-    "competition": "--competition", "raw_dir": "--from", "val_fraction": "--val-fraction", "group_regex": "--group-regex",
+    "competition": "--competition", "raw_dir": "--from", "val_fraction": "--val-fraction",
+    "group_regex": "--group-regex", "fetch": "keras-cxr weights fetch", "weights": "--set model.weights=PATH",
 }
 
 
@@ -35,12 +36,14 @@ def user_errors():
     from keras_cxr.data import ImageError, TableError
     from keras_cxr.data.tfds import TfdsError
     from keras_cxr.kfold import FoldError
+    from keras_cxr.models.pretrained import WeightsUnavailable
     from keras_cxr.predictor import ModelFileError
     from keras_cxr.probabilities import ProbabilityError
     from keras_cxr.training import RunDirectoryError
 
     return (ConfigError, TableError, ImageError, RunDirectoryError, FileNotFoundError, ProbabilityError,
-            ModelFileError, FoldError, TfdsError, PermissionError, IsADirectoryError, NotADirectoryError)
+            ModelFileError, FoldError, TfdsError, WeightsUnavailable, PermissionError, IsADirectoryError,
+            NotADirectoryError)
 
 
 class Reported:

@@ -7,6 +7,7 @@ The tables hold constructor names, not functions, so that registering the
 families does not import Keras; `backbone` imports it.
 """
 
+from keras_cxr.models import pretrained
 from keras_cxr.models import weights as weights_lib
 
 
@@ -32,6 +33,8 @@ def backbone(name, image_size, source, constructors, build_tiny, /, **kwargs):
     Raises:
         ValueError: a weights kind the name cannot use, or a weights file
             that does not load.
+        pretrained.WeightsUnavailable: ImageNet weights neither cached nor
+            downloadable.
 
     Example:
     ```python
@@ -42,24 +45,26 @@ def backbone(name, image_size, source, constructors, build_tiny, /, **kwargs):
     if source.kind == weights_lib.PRESET_DIR or (
         source.kind == weights_lib.IMAGENET and name not in constructors
     ):
-        pretrained = ["'imagenet'"] if name in constructors else []
-        raise weights_lib.unsupported(source, name, ["None", *pretrained, "a .weights.h5 file"])
+        imagenet = ["'imagenet'"] if name in constructors else []
+        raise weights_lib.unsupported(source, name, ["None", *imagenet, "a .weights.h5 file"])
+    # ImageNet weights come from keras-cxr's look-up of Keras's cache (fetched
+    # there first if missing), so a copied cache works offline and a failed
+    # download is one clear error.
+    path = pretrained.ensure(name) if source.kind == weights_lib.IMAGENET else None
     import keras
 
     common = {"include_top": False, "input_shape": (image_size, image_size, 3), **kwargs}
     if name in constructors:
         constructor = getattr(keras.applications, constructors[name])
-        # Keep the keras.applications model name: it selects the ImageNet
-        # weights file (and, for EfficientNetV2, the input rescaling).
-        model = constructor(
-            include_preprocessing=True,
-            weights="imagenet" if source.kind == weights_lib.IMAGENET else None,
-            **common,
-        )
+        # Keep the keras.applications model name: it names the layers of the
+        # ImageNet weights file (and, for EfficientNetV2, the input rescaling).
+        model = constructor(include_preprocessing=True, weights=None, **common)
     else:
         model = build_tiny(weights=None, **common)
     if source.kind == weights_lib.FILE:
         weights_lib.load_file(model, source.path, name)
+    if path is not None:
+        weights_lib.load_file(model, path, name)
     return keras.Model(model.inputs[0], model.outputs[0], name="backbone")
 
 

@@ -5,6 +5,7 @@ functions that build a backbone and pass the class here; this module does
 not import keras_hub, so `import keras_cxr` does not either.
 """
 
+from keras_cxr.models import pretrained
 from keras_cxr.models import weights as weights_lib
 
 
@@ -31,6 +32,8 @@ def backbone(backbone_class, name, source, presets, config, /, **preset_kwargs):
     Raises:
         ValueError: imagenet weights for a name without a preset, or a
             weights file that does not load.
+        pretrained.WeightsUnavailable: the preset is neither cached nor
+            downloadable.
 
     Example:
     ```python
@@ -46,7 +49,9 @@ def backbone(backbone_class, name, source, presets, config, /, **preset_kwargs):
         accepted = ["None", "a preset directory", "a .weights.h5 file"]
         raise weights_lib.unsupported(source, name, accepted)
     if source.kind in (weights_lib.IMAGENET, weights_lib.PRESET_DIR):
-        preset = presets[name] if source.kind == weights_lib.IMAGENET else source.path
+        # The preset's folder in kagglehub's cache (fetched there first if
+        # missing), so a copied cache works offline.
+        preset = pretrained.ensure(name) if source.kind == weights_lib.IMAGENET else source.path
         return backbone_class.from_preset(preset, **preset_kwargs)
     model = backbone_class(**config)
     if source.kind == weights_lib.FILE:

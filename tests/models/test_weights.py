@@ -84,10 +84,22 @@ def test_bad_weights_arguments(tmp_path):
         models.build("tiny_effv2", weights=str(tmp_path / "convnext.weights.h5"))
 
 
-def test_imagenet_weights_request_the_right_sources(monkeypatch):
-    """The download paths cannot run offline; check what they would fetch."""
+def test_imagenet_weights_load_the_cached_sources(monkeypatch, tmp_path):
+    """The downloads cannot run offline: with the caches faked, check what the builders load."""
+    import functools
+    import os
+
     import keras_hub
 
+    from keras_cxr.models import pretrained
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    for name in ["effv2_rw_s", "swin_l", "dinov2_b"]:
+        folder = pretrained.requirement(name).path
+        os.makedirs(folder)
+        for file in ("config.json", "model.weights.h5"):
+            open(os.path.join(folder, file), "w").close()
     calls = []
 
     def fake_from_preset(preset, **kwargs):
@@ -101,18 +113,25 @@ def test_imagenet_weights_request_the_right_sources(monkeypatch):
         with pytest.raises(RuntimeError, match="offline"):
             models.build(name, weights="imagenet")
     (rw_preset, rw_kwargs), (swin_preset, swin_kwargs), (dino_preset, dino_kwargs) = calls
-    assert rw_preset == "efficientnet2_rw_s_ra2_imagenet"
+    kaggle = tmp_path / "kagglehub" / "models" / "keras"
+    assert rw_preset == str(kaggle / "efficientnet" / "keras" / "efficientnet2_rw_s_ra2_imagenet" / "2")
     assert rw_kwargs["num_features"] == 1792 and rw_kwargs["input_shape"] == (384, 384, 3)
-    assert swin_preset == "swin_large_patch4_window12_384"
+    assert swin_preset == str(kaggle / "swin-transformer" / "keras" / "swin_large_patch4_window12_384" / "1")
     assert swin_kwargs["image_shape"] == (384, 384, 3)
-    assert (dino_preset, dino_kwargs["image_shape"]) == ("dinov2_base", (448, 448, 3))
+    assert (dino_preset, dino_kwargs["image_shape"]) == (str(kaggle / "dinov2" / "keras" / "dinov2_base" / "1"),
+                                                         (448, 448, 3))
 
+    @functools.wraps(keras.applications.EfficientNetV2L)  # keras-cxr reads its name and module
     def fake_application(**kwargs):
         calls.append(kwargs)
         raise RuntimeError("offline")
 
+    cached = tmp_path / "keras" / "models" / "efficientnetv2-l_notop.h5"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
     monkeypatch.setattr(keras.applications, "EfficientNetV2L", fake_application)
     with pytest.raises(RuntimeError, match="offline"):
         models.build("effv2_l", weights="imagenet")
-    assert calls[-1]["weights"] == "imagenet" and calls[-1]["include_top"] is False
+    # Built without weights, then loaded from the cached file by keras-cxr.
+    assert calls[-1]["weights"] is None and calls[-1]["include_top"] is False
     assert calls[-1]["input_shape"] == (512, 512, 3)

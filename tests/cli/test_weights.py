@@ -1,0 +1,118 @@
+"""`keras-cxr weights fetch` / `weights list`, and `fit` without a network: one line, nothing written (no network)."""
+
+import os
+import pathlib
+
+import keras
+import pytest
+
+from keras_cxr.models import pretrained
+from tests.cli.support import invoke, one_line_error
+from tests.models.test_pretrained import UNREACHABLE, caches, fake_imagenet_file  # noqa: F401  - a fixture
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake_downloads(monkeypatch):
+    """Keras's and kagglehub's downloaders write empty files where the real ones would; returns their calls."""
+    import kagglehub
+    from keras.src.utils import file_utils
+
+    calls = []
+
+    def fake_get_file(fname, origin, cache_subdir, file_hash, cache_dir):
+        calls.append(origin)
+        os.makedirs(os.path.join(cache_dir, cache_subdir), exist_ok=True)
+        open(os.path.join(cache_dir, cache_subdir, fname), "wb").close()
+
+    def fake_model_download(handle):
+        calls.append(handle)
+        folder = os.path.join(os.environ["KAGGLEHUB_CACHE"], "models", *handle.split("/"))
+        os.makedirs(folder)
+        for name in ("config.json", "model.weights.h5"):
+            open(os.path.join(folder, name), "w").close()
+
+    monkeypatch.setattr(file_utils, "get_file", fake_get_file)
+    monkeypatch.setattr(kagglehub, "model_download", fake_model_download)
+    return calls
+
+
+def _listing(output):
+    return {line.split()[0]: line.split(None, 2)[1:] for line in output.strip().splitlines()}
+
+
+def test_fit_without_network_says_so_in_one_line_and_writes_nothing(caches, cxr4_dir):  # noqa: F811
+    run = caches / "run"
+    result = invoke("fit", REPO / "recipes" / "effv2l.py", "--data-dir", cxr4_dir, "--epochs", 1,
+                    "--set", "swa.start_epoch=none", "--out", run, "--quiet")
+    cached = caches / "keras" / "models" / "efficientnetv2-l_notop.h5"
+    one_line_error(result, "model 'effv2_l'", UNREACHABLE + "efficientnetv2-l_notop.h5", "Connection refused",
+                   f"local copy at {cached}", "keras-cxr weights fetch effv2_l --out DIR", "set KERAS_HOME=DIR",
+                   "--set model.weights=PATH")
+    assert not run.exists() and not cached.exists()
+
+
+def test_fit_without_a_keras_hub_preset_says_so_after_the_progress_line(caches, cxr4_dir):  # noqa: F811
+    run = caches / "run"
+    result = invoke("fit", REPO / "recipes" / "swin_l.py", "--data-dir", cxr4_dir, "--out", run)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    error = result.output.strip().splitlines()[-1]
+    for part in ["Error: model 'swin_l'", "kaggle://keras/swin-transformer/keras/swin_large_patch4_window12_384/1",
+                 str(caches / "kagglehub" / "models" / "keras" / "swin-transformer"), "set KAGGLEHUB_CACHE=DIR",
+                 "keras-cxr weights fetch swin_l --out DIR"]:
+        assert part in error, (part, error)
+    assert not run.exists()
+
+
+def test_fetch_fills_out_and_list_finds_it_there(tmp_path, monkeypatch, fake_downloads):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    out = tmp_path / "usb"
+    result = invoke("weights", "fetch", "effv2_s", "swin_t", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    effv2 = out / "models" / "efficientnetv2-s_notop.h5"
+    swin = out / "models" / "keras" / "swin-transformer" / "keras" / "swin_tiny_patch4_window7_224" / "1"
+    assert effv2.is_file() and (swin / "config.json").is_file()
+    assert f"effv2_s        {effv2}" in result.output and f"swin_t         {swin}" in result.output
+    assert "set KERAS_HOME and KAGGLEHUB_CACHE" in result.output
+    assert fake_downloads == [pretrained.requirement("effv2_s").origin, "keras/swin-transformer/keras/"
+                              "swin_tiny_patch4_window7_224/1"]
+    assert not (tmp_path / "keras").exists() and not (tmp_path / "kagglehub").exists()
+
+    listed = _listing(invoke("weights", "list", "--dir", out).output)
+    assert listed["effv2_s"] == ["cached", str(effv2)] and listed["swin_t"] == ["cached", str(swin)]
+    assert listed["effv2_l"][0] == "missing" and listed["tiny_effv2"] == ["-", "no pretrained weights"]
+    # Copied to an offline machine: the caches point at the folder.
+    monkeypatch.setenv("KERAS_HOME", str(out))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(out))
+    result = invoke("weights", "list")
+    assert result.exit_code == 0 and _listing(result.output)["effv2_s"] == ["cached", str(effv2)]
+    assert _listing(result.output)["swin_t"][0] == "cached"
+    # Already there: nothing is downloaded again.
+    assert invoke("weights", "fetch", "effv2_s", "swin_t").exit_code == 0 and len(fake_downloads) == 2
+
+
+def test_fetch_refusals_are_one_line(caches):  # noqa: F811
+    one_line_error(invoke("weights", "fetch", "tiny_effv2"), "model 'tiny_effv2' has no pretrained weights")
+    one_line_error(invoke("weights", "fetch", "no_such_net"), "unknown model name 'no_such_net'")
+    one_line_error(invoke("weights", "fetch", "convnext_t", "--quiet"), UNREACHABLE + "convnext_tiny_notop.h5",
+                   "keras-cxr weights fetch convnext_t --out DIR")
+
+
+@pytest.mark.slow
+def test_fit_starts_from_a_copied_folder_offline(tmp_path, monkeypatch, caches, cxr4_dir):  # noqa: F811
+    """The fetched folder (faked from random weights) copied in: the same kind of command trains, offline."""
+    from keras_cxr.kaggle import normalize_competition
+    from tests.test_kaggle import make_competition
+
+    make_competition(tmp_path / "raw", cxr4_dir)
+    normalize_competition(tmp_path / "raw", tmp_path / "data")
+    copied = tmp_path / "copied"
+    fake_imagenet_file(str(copied / "models" / "efficientnetv2-s_notop.h5"), keras.applications.EfficientNetV2S)
+    monkeypatch.setenv("KERAS_HOME", str(copied))
+    result = invoke("fit", REPO / "recipes" / "effv2s.py", "--data-dir", tmp_path / "data", "--epochs", 1,
+                    "--image-size", 32, "--batch-size", 8, "--set", "swa.start_epoch=none",
+                    "--set", "schedule.warmup_epochs=0", "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "best.keras").is_file()
