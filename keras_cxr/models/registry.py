@@ -194,8 +194,8 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
     source = weights_lib.resolve(weights)
     if source.kind == weights_lib.TORCH and model_spec.family not in torch_weights.FAMILIES:
         convertible = [n for n in names() if _REGISTRY[n][0].family in torch_weights.FAMILIES]
-        raise ValueError(f"model {name!r} cannot load PyTorch checkpoints ({source.path}); keras-cxr converts "
-                         f"them for {', '.join(convertible)}")
+        raise torch_weights.CheckpointError(f"model {name!r} cannot load PyTorch checkpoints ({source.path}); "
+                                            f"keras-cxr converts them for {', '.join(convertible)}")
 
     import keras
 

@@ -41,7 +41,7 @@ _BN = ("weight", "bias", "running_mean", "running_var")  # Keras's order: gamma,
 
 
 class CheckpointError(FieldError):
-    """A PyTorch checkpoint file cannot be read as a `state_dict`; the message names the file."""
+    """A PyTorch checkpoint cannot be used: not a weights-only `state_dict`, or a model without a conversion."""
 
 
 class CheckpointMismatch(CheckpointError):

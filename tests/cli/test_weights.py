@@ -169,3 +169,19 @@ def test_convert_refusals_are_one_line(tmp_path):
                    f"PyTorch checkpoint {whole} cannot be read as a state_dict without running code",
                    "torch.save(model.state_dict(), 'state_dict.pt')")
     assert not out.exists()
+
+
+def test_fit_checks_a_pytorch_checkpoint_before_writing_anything(tmp_path, cxr4_dir):
+    from keras_cxr.models import densenet
+
+    checkpoint = _xrv_checkpoint(tmp_path / "xrv.pt", blocks=(1, 1, 1, 1))
+    run = tmp_path / "run"
+    args = ["fit", REPO / "recipes" / "cpu.py", "--data-dir", cxr4_dir, "--epochs", 1, "--set", "swa.start_epoch=none",
+            "--out", run, "--quiet"]
+    one_line_error(invoke(*args, "--set", "model.name=densenet121_xrv", "--set", f"model.weights={checkpoint}"),
+                   f"PyTorch checkpoint {checkpoint} does not fit the densenet backbone: 540 missing keys "
+                   "('features.denseblock1.denselayer2.norm1.weight',")
+    one_line_error(invoke(*args, "--set", f"model.weights={checkpoint}"),
+                   f"model 'cxr_resnet' cannot load PyTorch checkpoints ({checkpoint}); keras-cxr converts them for "
+                   "densenet121, densenet121_xrv")
+    assert not run.exists() and densenet.BLOCKS == (6, 12, 24, 16)
