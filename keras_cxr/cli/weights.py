@@ -36,17 +36,18 @@ def list_weights(root):
     from keras_cxr import models
     from keras_cxr.models import pretrained
 
+    width = max(map(len, models.names()))
     for name in models.names():
         try:
             needed = pretrained.requirement(name, root)
         except ValueError as e:
             raise UserError(str(e)) from None
         if needed is None:
-            click.echo(f"{name:14s} -          no pretrained weights")
+            click.echo(f"{name:{width}s} -          no pretrained weights")
         elif needed.available():
-            click.echo(f"{name:14s} cached     {needed.path}")
+            click.echo(f"{name:{width}s} cached     {needed.path}")
         else:
-            click.echo(f"{name:14s} missing    {needed.path} (from {needed.origin})")
+            click.echo(f"{name:{width}s} missing    {needed.path} (from {needed.origin})")
 
 
 @weights.command()
