@@ -77,7 +77,7 @@ def convert(checkpoint, model_name, out_path):
             raise UserError(f"--model {model_name}: keras-cxr converts PyTorch checkpoints for "
                             f"{', '.join(convertible)}")
         backbone = models.build(model_name).get_layer("backbone")
-        conversion = torch_weights.load_torch_state_dict(backbone, checkpoint, model_name)
+        conversion = torch_weights.load_torch_state_dict(backbone, checkpoint, spec.family)
     save_weights_atomic(backbone, out_path)
     click.echo(f"{checkpoint} -> {out_path}: {conversion.summary()}")
     click.echo(f"Fine-tune from it: keras-cxr fit RECIPE --set model.name={model_name} "

@@ -78,7 +78,7 @@ def _features(images, name, image_size, source):
     if source.kind == weights_lib.FILE:
         weights_lib.load_file(backbone, source.path, name)
     if source.kind == weights_lib.TORCH:
-        torch_weights.load_torch_state_dict(backbone, source.path, name)
+        torch_weights.load_torch_state_dict(backbone, source.path, "densenet")
     x = backbone(x)
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 

@@ -21,7 +21,7 @@ Importing this module imports neither Keras nor torch.
 Example:
 ```python
 backbone = densenet.densenet_backbone(224, in_channels=1)
-conversion = load_torch_state_dict(backbone, "xrv_densenet121.pt", "densenet121_xrv")
+conversion = load_torch_state_dict(backbone, "xrv_densenet121.pt", "densenet")
 print(conversion.summary())  # converted 604 tensors ...; dropped classifier.weight (18, 1024), ...
 ```
 """
@@ -187,14 +187,10 @@ def _targets(backbone, module_of):
 
 
 def _family(family):
-    if family in FAMILIES:
-        return family
-    from keras_cxr.models.registry import names, spec
-
-    if family in names() and spec(family).family in FAMILIES:
-        return spec(family).family
-    raise ValueError(f"no PyTorch conversion for {family!r}; families: {', '.join(FAMILIES)} "
-                     f"(model names {', '.join(n for n in names() if spec(n).family in FAMILIES)})")
+    if family not in FAMILIES:
+        raise ValueError(f"no PyTorch conversion for family {family!r}; families with one: {', '.join(FAMILIES)} "
+                         "(keras_cxr.models.spec(name).family)")
+    return family
 
 
 def _mismatch(source, family, missing, unexpected, mismatched):
@@ -223,8 +219,9 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
             `"backbone"` layer is loaded) or a backbone itself.
         path_or_state_dict: a `state_dict` file (`.pt`, `.pth`, `.bin`) or
             mapping; see `read_state_dict`.
-        family: a family with a conversion (`"densenet"`) or one of its model
-            names (`"densenet121"`, `"densenet121_xrv"`).
+        family: a family with a conversion, a key of `FAMILIES`: `"densenet"`
+            (the family of `densenet121` and `densenet121_xrv`, see
+            `keras_cxr.models.spec(name).family`).
 
     Returns:
         A `Conversion`: tensors loaded and classifier keys dropped.
@@ -238,7 +235,7 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
     Example:
     ```python
     model = keras_cxr.models.build("densenet121_xrv", num_classes=4)
-    load_torch_state_dict(model, "xrv_densenet121.pt", "densenet121_xrv").tensors  # 604
+    load_torch_state_dict(model, "xrv_densenet121.pt", "densenet").tensors  # 604
     ```
     """
     import numpy as np

@@ -51,7 +51,7 @@ def test_xrv_keys_prefixes_and_old_spelling_convert():
         state["module.model." + key] = tensor
     assert "module.model.op_threshs" in state
     backbone = densenet.densenet_backbone(64, 1, blocks=TINY)
-    conversion = load_torch_state_dict(backbone, state, "densenet121_xrv")
+    conversion = load_torch_state_dict(backbone, state, "densenet")
     assert conversion.tensors == TINY_TENSORS
     assert conversion.dropped == (("classifier.weight", (18, 68)), ("classifier.bias", (18,)))
     assert conversion.summary() == (
@@ -132,8 +132,8 @@ def test_files_are_read_weights_only(tmp_path):
         torch_weights.read_state_dict(tmp_path / "text.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         torch_weights.read_state_dict(tmp_path / "nowhere.pt")
-    with pytest.raises(ValueError, match="no PyTorch conversion for 'swin_t'"):
-        load_torch_state_dict(backbone, path, "swin_t")
+    with pytest.raises(ValueError, match="no PyTorch conversion for family 'swin'; families with one: densenet"):
+        load_torch_state_dict(backbone, path, "swin")
 
 
 def test_build_takes_a_state_dict_file_for_densenet_only(tmp_path):
