@@ -136,6 +136,36 @@ def save_model_atomic(model, path):
     return path
 
 
+def save_weights_atomic(model, path):
+    """Save a Keras model's weights to `path` (a `.weights.h5` file) atomically.
+
+    Written to `<dir>/.<name>.tmp.weights.h5`, then moved over `path`; on
+    failure the temporary file is removed and any previous `path` is kept.
+
+    Args:
+        model: a `keras.Model` (or layer).
+        path: destination, must end in `.weights.h5`.
+
+    Returns:
+        The destination path as a string.
+
+    Example:
+    ```python
+    save_weights_atomic(model.get_layer("backbone"), "densenet121_xrv.weights.h5")
+    ```
+    """
+    path, folder, name = _split(path)
+    if not name.endswith(".weights.h5"):
+        raise ValueError(f"save_weights_atomic expects a path ending in '.weights.h5', got {path!r}")
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name[: -len('.weights.h5')]}.tmp.weights.h5")
+    with _replace_on_success(tmp, path, folder):
+        model.save_weights(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    return path
+
+
 def write_csv_atomic(df, path, index=False, **to_csv_kwargs):
     """Write a pandas DataFrame to CSV atomically (`index=False` by default).
 

@@ -88,8 +88,9 @@ class Model(Config):
         name: a name from `keras_cxr.models.names()`.
         image_size: input side in pixels; None takes the model's default.
         dropout: head dropout; None takes the model's default.
-        weights: None (random init), "imagenet", a keras-hub preset folder
-            or a `.weights.h5` file.
+        weights: None (random init), "imagenet", a keras-hub preset folder,
+            a `.weights.h5` file, or a PyTorch `state_dict` (`.pt`, `.pth`,
+            `.bin`) for `densenet121` / `densenet121_xrv`.
     """
 
     name: str = "cxr_resnet"

@@ -301,6 +301,25 @@ def fetch_pretrained(config, verbose=1):
         pretrained.download(needed, verbose)
 
 
+def check_checkpoint(config):
+    """Before anything is written: a PyTorch checkpoint in `config.weights` fits the model (a quick 32 px build).
+
+    Args:
+        config: a recipe's `Model`; only a `.pt` / `.pth` / `.bin` file in
+            `weights` is checked.
+
+    Raises:
+        keras_cxr.models.torch_weights.CheckpointError: the file is no
+            weights-only state_dict, or its keys do not fit (named).
+        ValueError: the model cannot load PyTorch checkpoints.
+    """
+    from keras_cxr.models import weights as weights_lib
+
+    path = config.weights
+    if isinstance(path, str) and path.endswith(weights_lib.TORCH_SUFFIXES) and os.path.isfile(path):
+        models.build(config.name, image_size=32, weights=path)
+
+
 def _restore(state):
     try:
         return state.restore()
@@ -410,6 +429,7 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume, context, sync_batch
                           f"{world_size} ranks")
     on_main = (lambda function: function()) if context is None else context.on_main
     on_main(lambda: fetch_pretrained(recipe.model, verbose))
+    on_main(lambda: check_checkpoint(recipe.model))
     out = on_main(lambda: _open_run_directory(recipe, out_dir, overwrite, resume))
     train_table, val_table, skipped_images = load_tables(recipe.data, verbose=verbose)
     if skipped_images and verbose:

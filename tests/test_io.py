@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_cxr.io import atomic_write, save_model_atomic, write_csv_atomic, write_json_atomic
+from keras_cxr.io import atomic_write, save_model_atomic, save_weights_atomic, write_csv_atomic, write_json_atomic
 from tests.callbacks.support import make_data, tiny_model
 
 
@@ -54,3 +54,24 @@ def test_json_csv_and_model_atomic(tmp_path):
         save_model_atomic(Broken(), tmp_path / "m.keras")
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
     keras.saving.load_model(tmp_path / "m.keras")  # the old file is intact
+
+
+def test_save_weights_atomic_replaces_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / "out" / "m.weights.h5"
+    assert save_weights_atomic(model, path) == str(path)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.load_weights(path)
+    np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
+    before = path.read_bytes()
+
+    def broken(self, filepath, **kwargs):
+        open(filepath, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Sequential, "save_weights", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights_atomic(other, path)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["m.weights.h5"]
+    with pytest.raises(ValueError, match="'.weights.h5'"):
+        save_weights_atomic(model, tmp_path / "m.h5")

@@ -37,13 +37,14 @@ def user_errors():
     from keras_cxr.data.tfds import TfdsError
     from keras_cxr.kfold import FoldError
     from keras_cxr.models.pretrained import WeightsUnavailable
+    from keras_cxr.models.torch_weights import CheckpointError
     from keras_cxr.predictor import ModelFileError
     from keras_cxr.probabilities import ProbabilityError
     from keras_cxr.training import RunDirectoryError
 
     return (ConfigError, TableError, ImageError, RunDirectoryError, FileNotFoundError, ProbabilityError,
             ModelFileError, FoldError, TfdsError, WeightsUnavailable, PermissionError, IsADirectoryError,
-            NotADirectoryError)
+            NotADirectoryError, CheckpointError)
 
 
 class Reported:

@@ -146,9 +146,10 @@ def list_models():
     """List the model names with their default image size and dropout."""
     from keras_cxr import models
 
+    width = max(map(len, models.names()))
     for name in models.names():
         spec = models.spec(name)
-        click.echo(f"{name:14s} {spec.default_image_size:4d} px  dropout {spec.default_dropout:.2f}  {spec.description}")
+        click.echo(f"{name:{width}s} {spec.default_image_size:4d} px  dropout {spec.default_dropout:.2f}  {spec.description}")
 
 
 @click.command()

@@ -1,8 +1,8 @@
-"""`keras-cxr weights fetch` and `weights list`: pretrained weights cached once, for machines without a network."""
+"""`keras-cxr weights fetch` / `list` / `convert`: pretrained weights cached once for offline machines, PyTorch checkpoints converted."""
 
 import click
 
-from keras_cxr.cli._common import Reported, UserError
+from keras_cxr.cli._common import Reported, UserError, check_output_file
 
 
 @click.group()
@@ -36,14 +36,49 @@ def list_weights(root):
     from keras_cxr import models
     from keras_cxr.models import pretrained
 
+    width = max(map(len, models.names()))
     for name in models.names():
         try:
             needed = pretrained.requirement(name, root)
         except ValueError as e:
             raise UserError(str(e)) from None
         if needed is None:
-            click.echo(f"{name:14s} -          no pretrained weights")
+            click.echo(f"{name:{width}s} -          no pretrained weights")
         elif needed.available():
-            click.echo(f"{name:14s} cached     {needed.path}")
+            click.echo(f"{name:{width}s} cached     {needed.path}")
         else:
-            click.echo(f"{name:14s} missing    {needed.path} (from {needed.origin})")
+            click.echo(f"{name:{width}s} missing    {needed.path} (from {needed.origin})")
+
+
+@weights.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", required=True,
+              help="The keras-cxr model it is for: densenet121 (torchvision, RGB) or densenet121_xrv "
+                   "(torchxrayvision, 1 gray channel).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The Keras weights file to write (FILE.weights.h5); use it with --set model.weights=FILE.weights.h5.")
+def convert(checkpoint, model_name, out_path):
+    """Convert a PyTorch state_dict CHECKPOINT (.pt, .pth, .bin) into a keras-cxr backbone weights file.
+
+    The checkpoint's classifier is dropped (keras-cxr trains its own head for your classes); any other key
+    that does not fit is named in the error.
+    """
+    if not out_path.endswith(".weights.h5"):
+        raise UserError(f"--out {out_path}: the file name must end in .weights.h5")
+    check_output_file(out_path, "--out")
+    from keras_cxr import models
+    from keras_cxr.io import save_weights_atomic
+    from keras_cxr.models import torch_weights
+
+    with Reported(ValueError):
+        spec = models.spec(model_name)
+        if spec.family not in torch_weights.FAMILIES:
+            convertible = [n for n in models.names() if models.spec(n).family in torch_weights.FAMILIES]
+            raise UserError(f"--model {model_name}: keras-cxr converts PyTorch checkpoints for "
+                            f"{', '.join(convertible)}")
+        backbone = models.build(model_name).get_layer("backbone")
+        conversion = torch_weights.load_torch_state_dict(backbone, checkpoint, spec.family)
+    save_weights_atomic(backbone, out_path)
+    click.echo(f"{checkpoint} -> {out_path}: {conversion.summary()}")
+    click.echo(f"Fine-tune from it: keras-cxr fit RECIPE --set model.name={model_name} "
+               f"--set model.weights={out_path}")

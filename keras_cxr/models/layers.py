@@ -56,6 +56,30 @@ class ImageNetNormalization(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_cxr")
+class XRVNormalization(keras.layers.Layer):
+    """0-255 RGB pixels to torchxrayvision's input: one gray channel on [-1024, 1024].
+
+    Averages the three channels (torchxrayvision's ``img.mean(2)``), then
+    maps 0-255 linearly onto [-1024, 1024] (``xrv.datasets.normalize(img,
+    255)``: ``(x / 255 * 2 - 1) * 1024``), the input its DenseNet-121
+    checkpoints were trained on.
+
+    Example:
+    ```python
+    x = keras.Input((224, 224, 3))
+    y = XRVNormalization()(x)  # (batch, 224, 224, 1)
+    ```
+    """
+
+    def call(self, inputs):
+        x = ops.mean(ops.cast(inputs, self.compute_dtype), axis=-1, keepdims=True)
+        return x * (2048.0 / 255.0) - 1024.0
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_cxr")
 class ClassTokenPooling(keras.layers.Layer):
     """Takes the first (CLS) token of a `(batch, tokens, channels)` sequence.
 

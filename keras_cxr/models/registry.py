@@ -19,6 +19,7 @@ import difflib
 
 from keras_cxr import accel
 from keras_cxr.accel import marks
+from keras_cxr.models import torch_weights
 from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.head import classification_head
 
@@ -162,7 +163,10 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
             preset in `spec(name).pretrained`), a local keras-hub preset
             directory (keras-hub families), or a `.weights.h5` file that is
             loaded into the backbone (e.g. written by
-            `model.get_layer("backbone").save_weights(path)`).
+            `model.get_layer("backbone").save_weights(path)`), or a PyTorch
+            `state_dict` file (`.pt`, `.pth`, `.bin`) converted into the
+            backbone, for families in `torch_weights.FAMILIES`
+            (`densenet121`, `densenet121_xrv`).
 
     Returns:
         A functional `keras.Model` named after `name`, marked for
@@ -188,6 +192,10 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     source = weights_lib.resolve(weights)
+    if source.kind == weights_lib.TORCH and model_spec.family not in torch_weights.FAMILIES:
+        convertible = [n for n in names() if _REGISTRY[n][0].family in torch_weights.FAMILIES]
+        raise torch_weights.CheckpointError(f"model {name!r} cannot load PyTorch checkpoints ({source.path}); "
+                                            f"keras-cxr converts them for {', '.join(convertible)}")
 
     import keras
 

@@ -7,6 +7,8 @@ NONE = "none"
 IMAGENET = "imagenet"
 PRESET_DIR = "preset_dir"
 FILE = "file"
+TORCH = "torch"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,9 +17,11 @@ class WeightsSource:
 
     Attributes:
         kind: one of `"none"` (random initialisation), `"imagenet"`,
-            `"preset_dir"` (a local keras-hub preset directory) or `"file"`
-            (a Keras weights file such as `backbone.weights.h5`).
-        path: the local path for `"preset_dir"` and `"file"`, else None.
+            `"preset_dir"` (a local keras-hub preset directory), `"file"`
+            (a Keras weights file such as `backbone.weights.h5`) or
+            `"torch"` (a PyTorch `state_dict` file, converted on loading by
+            `keras_cxr.models.torch_weights`).
+        path: the local path for `"preset_dir"`, `"file"` and `"torch"`, else None.
     """
 
     kind: str
@@ -29,7 +33,8 @@ def resolve(weights):
 
     Args:
         weights: None, `"imagenet"`, or a path (str or path-like) to a
-            keras-hub preset directory or to a `.h5` weights file.
+            keras-hub preset directory, a `.h5` weights file or a PyTorch
+            `state_dict` file (`.pt`, `.pth` or `.bin`).
 
     Returns:
         A `WeightsSource`.
@@ -41,6 +46,7 @@ def resolve(weights):
     ```python
     resolve(None).kind        # "none"
     resolve("imagenet").kind  # "imagenet"
+    resolve("xrv.pt").kind    # "torch" (when the file exists)
     ```
     """
     if weights is None:
@@ -61,15 +67,18 @@ def resolve(weights):
             )
         return WeightsSource(PRESET_DIR, path)
     if os.path.isfile(path):
+        if path.endswith(TORCH_SUFFIXES):
+            return WeightsSource(TORCH, path)
         if not path.endswith(".h5"):
             raise ValueError(
                 f"weights={path!r} is not a Keras weights file: expected a name "
-                "ending in '.weights.h5' (or a legacy '.h5')"
+                "ending in '.weights.h5' (or a legacy '.h5'), or a PyTorch "
+                "state_dict ending in '.pt', '.pth' or '.bin'"
             )
         return WeightsSource(FILE, path)
     raise ValueError(
         f"weights={path!r} does not exist: expected None, 'imagenet', a keras-hub "
-        "preset directory or a '.weights.h5' file"
+        "preset directory, a '.weights.h5' file or a PyTorch '.pt' state_dict"
     )
 
 

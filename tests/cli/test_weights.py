@@ -116,3 +116,72 @@ def test_fit_starts_from_a_copied_folder_offline(tmp_path, monkeypatch, caches, 
                     "--set", "schedule.warmup_epochs=0", "--out", tmp_path / "run", "--quiet")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def _xrv_checkpoint(path, blocks=None):
+    """A torchxrayvision-layout state_dict file (1 channel, 18-way classifier, op_threshs), random weights."""
+    import torch
+
+    from keras_cxr.models import densenet
+    from tests.models import torch_densenet
+
+    reference = torch_densenet.reference(blocks or densenet.BLOCKS, in_channels=1, classes=18, op_threshs=True)
+    torch.save(reference.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_convert_writes_a_weights_file_that_models_load(tmp_path):
+    from keras_cxr import models
+    from tests.models.support import assert_same_weights, backbone_weights
+
+    checkpoint = _xrv_checkpoint(tmp_path / "xrv.pt")
+    out = tmp_path / "weights" / "xrv.weights.h5"
+    result = invoke("weights", "convert", checkpoint, "--model", "densenet121_xrv", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{checkpoint} -> {out}: converted 604 tensors (densenet); dropped the checkpoint's classifier "
+        "(classifier.weight (18, 1024), classifier.bias (18,)): keras-cxr's head is trained for your classes",
+        f"Fine-tune from it: keras-cxr fit RECIPE --set model.name=densenet121_xrv --set model.weights={out}",
+    ]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["xrv.weights.h5"]  # no temporary file left
+    from_file = models.build("densenet121_xrv", image_size=64, weights=out)
+    from_checkpoint = models.build("densenet121_xrv", image_size=64, weights=checkpoint)
+    assert_same_weights(backbone_weights(from_file), backbone_weights(from_checkpoint))
+
+
+def test_convert_refusals_are_one_line(tmp_path):
+    import torch
+
+    checkpoint = _xrv_checkpoint(tmp_path / "xrv.pt")
+    out = tmp_path / "out.weights.h5"
+    one_line_error(invoke("weights", "convert", checkpoint, "--model", "densenet121", "--out", out),
+                   f"PyTorch checkpoint {checkpoint} does not fit the densenet backbone: 1 mis-shaped tensor "
+                   "(features.conv0.weight: checkpoint (64, 1, 7, 7), model (64, 3, 7, 7))",
+                   "use model densenet121_xrv")
+    one_line_error(invoke("weights", "convert", checkpoint, "--model", "cxr_resnet", "--out", out),
+                   "--model cxr_resnet: keras-cxr converts PyTorch checkpoints for densenet121, densenet121_xrv")
+    one_line_error(invoke("weights", "convert", checkpoint, "--model", "densenet121_xrv", "--out", tmp_path / "a.h5"),
+                   "the file name must end in .weights.h5")
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    one_line_error(invoke("weights", "convert", whole, "--model", "densenet121_xrv", "--out", out),
+                   f"PyTorch checkpoint {whole} cannot be read as a state_dict without running code",
+                   "torch.save(model.state_dict(), 'state_dict.pt')")
+    assert not out.exists()
+
+
+def test_fit_checks_a_pytorch_checkpoint_before_writing_anything(tmp_path, cxr4_dir):
+    from keras_cxr.models import densenet
+
+    checkpoint = _xrv_checkpoint(tmp_path / "xrv.pt", blocks=(1, 1, 1, 1))
+    run = tmp_path / "run"
+    args = ["fit", REPO / "recipes" / "cpu.py", "--data-dir", cxr4_dir, "--epochs", 1, "--set", "swa.start_epoch=none",
+            "--out", run, "--quiet"]
+    one_line_error(invoke(*args, "--set", "model.name=densenet121_xrv", "--set", f"model.weights={checkpoint}"),
+                   f"PyTorch checkpoint {checkpoint} does not fit the densenet backbone: 540 missing keys "
+                   "('features.denseblock1.denselayer2.norm1.weight',")
+    one_line_error(invoke(*args, "--set", f"model.weights={checkpoint}"),
+                   f"model 'cxr_resnet' cannot load PyTorch checkpoints ({checkpoint}); keras-cxr converts them for "
+                   "densenet121, densenet121_xrv")
+    assert not run.exists() and densenet.BLOCKS == (6, 12, 24, 16)

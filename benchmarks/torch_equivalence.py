@@ -1,0 +1,133 @@
+"""Do converted PyTorch DenseNet-121 checkpoints give torch's features? torchvision vs keras-cxr, eval mode.
+
+For each layout (torchvision RGB -> `densenet121`; torchxrayvision's 1-channel
+DenseNet with its 18-pathology classifier and `op_threshs` buffer ->
+`densenet121_xrv`):
+
+1. build torchvision's `densenet121(weights=None)` (for xrv: conv0 with one
+   input channel, `Linear(1024, 18)`, an `op_threshs` buffer: the key layout
+   of ``xrv.models.DenseNet``), randomise every BatchNorm's weight and bias,
+   set its running statistics from a batch of random images (so features
+   keep a trained model's scale) then perturb them, and save its `state_dict`;
+2. `keras_cxr.models.build(name, weights=that_file)` converts it;
+3. feed both the same 0-255 RGB images (torch gets keras-cxr's preprocessing
+   done in numpy) and compare the pooled features: torch's
+   ``adaptive_avg_pool2d(relu(features(x)))`` against the keras-cxr model's
+   ``pool`` layer, with Keras's own code and with `keras_cxr.accel` on.
+
+torchvision is not a keras-cxr dependency (it would replace the CPU torch
+with a CUDA build). Install the wheel matching the installed torch beside
+the venv, without touching it, and run:
+
+    .venv/bin/python -m pip download "torchvision==0.28.*" --no-deps -d /tmp/tvwheel   # torch 2.13
+    .venv/bin/python -m pip install --no-deps --target /tmp/tvlib /tmp/tvwheel/*.whl
+    PYTHONPATH=/tmp/tvlib KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_equivalence.py
+
+The wheel's C extension does not load against the CPU torch; only its
+operator registrations need it, so this script stubs them out (model
+definitions are pure Python).
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's keras_cxr, also from a git worktree
+
+
+def import_torchvision():
+    # The CUDA wheel's compiled ops do not load against a CPU torch, and its
+    # meta registrations then fail at import; the models do not need them.
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    import torchvision
+
+    return torchvision
+
+
+def torch_densenet(xrv, seed, image_size):
+    import torch
+
+    torchvision = import_torchvision()
+    torch.manual_seed(seed)
+    model = torchvision.models.densenet121(weights=None)
+    if xrv:
+        model.features.conv0 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        torch.nn.init.kaiming_normal_(model.features.conv0.weight)
+        model.classifier = torch.nn.Linear(1024, 18)
+        model.register_buffer("op_threshs", torch.rand(18))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.2)
+            norm.momentum = None  # a cumulative average: the statistics of the batch below
+        # Running statistics of real activations (as a trained checkpoint has them, so the
+        # features keep a trained model's scale), then perturbed so that they differ from
+        # any batch's own statistics.
+        images = np.random.RandomState(seed + 1).randint(0, 256, (4, image_size, image_size, 3)).astype("uint8")
+        model.train()(torch.from_numpy(torch_input(images, xrv)))
+        for norm in norms:
+            norm.running_mean.add_(torch.randn_like(norm.running_mean) * 0.1 * norm.running_var.sqrt())
+            norm.running_var.mul_(torch.empty_like(norm.running_var).uniform_(0.7, 1.3))
+            norm.momentum = 0.1
+    return model.eval()
+
+
+def torch_input(images, xrv):
+    x = images.astype("float64")
+    if xrv:
+        x = x.mean(axis=-1, keepdims=True) * (2048.0 / 255.0) - 1024.0
+    else:
+        x = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype="float32")
+
+
+def compare(name, image_size, batch, seed):
+    import keras
+    import torch
+
+    import keras_cxr.accel
+    from keras_cxr import models
+
+    xrv = name == "densenet121_xrv"
+    reference = torch_densenet(xrv, seed, image_size)
+    images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
+    with torch.no_grad():
+        features = reference.features(torch.from_numpy(torch_input(images, xrv)))
+        expected = torch.nn.functional.adaptive_avg_pool2d(torch.relu(features), 1).flatten(1).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{name}.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build(name, image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    worst = max(compare(name, args.image_size, args.batch, args.seed) for name in ("densenet121", "densenet121_xrv"))
+    print(f"{'PASS' if worst <= args.tolerance else 'FAIL'}: worst {worst:.2e} (tolerance {args.tolerance:g})")
+    return 0 if worst <= args.tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
