@@ -78,7 +78,8 @@ def test_fetch_fills_out_and_list_finds_it_there(tmp_path, monkeypatch, fake_dow
     assert "set KERAS_HOME and KAGGLEHUB_CACHE" in result.output
     assert fake_downloads == [pretrained.requirement("effv2_s").origin, "keras/swin-transformer/keras/"
                               "swin_tiny_patch4_window7_224/1"]
-    assert not (tmp_path / "keras").exists() and not (tmp_path / "kagglehub").exists()
+    # Nothing went to the default caches (Keras may write its keras.json into KERAS_HOME when imported here).
+    assert not (tmp_path / "keras" / "models").exists() and not (tmp_path / "kagglehub").exists()
 
     listed = _listing(invoke("weights", "list", "--dir", out).output)
     assert listed["effv2_s"] == ["cached", str(effv2)] and listed["swin_t"] == ["cached", str(swin)]
