@@ -124,16 +124,7 @@ def save_model_atomic(model, path):
     Returns:
         The destination path as a string.
     """
-    path, folder, name = _split(path)
-    if not name.endswith(".keras"):
-        raise ValueError(f"save_model_atomic expects a path ending in '.keras', got {path!r}")
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name[: -len('.keras')]}.tmp.keras")
-    with _replace_on_success(tmp, path, folder):
-        model.save(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    return path
+    return _save_atomic(model.save, path, ".keras", "save_model_atomic")
 
 
 def save_weights_atomic(model, path):
@@ -154,13 +145,18 @@ def save_weights_atomic(model, path):
     save_weights_atomic(model.get_layer("backbone"), "densenet121_xrv.weights.h5")
     ```
     """
+    return _save_atomic(model.save_weights, path, ".weights.h5", "save_weights_atomic")
+
+
+def _save_atomic(save, path, suffix, caller):
+    """`save(tmp)` beside `path` (which must end in `suffix`), fsync, then move it over `path`."""
     path, folder, name = _split(path)
-    if not name.endswith(".weights.h5"):
-        raise ValueError(f"save_weights_atomic expects a path ending in '.weights.h5', got {path!r}")
+    if not name.endswith(suffix):
+        raise ValueError(f"{caller} expects a path ending in '{suffix}', got {path!r}")
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name[: -len('.weights.h5')]}.tmp.weights.h5")
+    tmp = os.path.join(folder, f".{name[: -len(suffix)]}.tmp{suffix}")
     with _replace_on_success(tmp, path, folder):
-        model.save_weights(tmp)
+        save(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     return path

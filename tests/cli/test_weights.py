@@ -8,34 +8,9 @@ import pytest
 
 from keras_cxr.models import pretrained
 from tests.cli.support import invoke, one_line_error
-from tests.models.test_pretrained import UNREACHABLE, caches, fake_imagenet_file  # noqa: F401  - a fixture
+from tests.models.test_pretrained import UNREACHABLE, caches, fake_downloads, fake_imagenet_file  # noqa: F401  - fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fake_downloads(monkeypatch):
-    """Keras's and kagglehub's downloaders write empty files where the real ones would; returns their calls."""
-    import kagglehub
-    from keras.src.utils import file_utils
-
-    calls = []
-
-    def fake_get_file(fname, origin, cache_subdir, file_hash, cache_dir):
-        calls.append(origin)
-        os.makedirs(os.path.join(cache_dir, cache_subdir), exist_ok=True)
-        open(os.path.join(cache_dir, cache_subdir, fname), "wb").close()
-
-    def fake_model_download(handle):
-        calls.append(handle)
-        folder = os.path.join(os.environ["KAGGLEHUB_CACHE"], "models", *handle.split("/"))
-        os.makedirs(folder)
-        for name in ("config.json", "model.weights.h5"):
-            open(os.path.join(folder, name), "w").close()
-
-    monkeypatch.setattr(file_utils, "get_file", fake_get_file)
-    monkeypatch.setattr(kagglehub, "model_download", fake_model_download)
-    return calls
 
 
 def _listing(output):
@@ -76,8 +51,9 @@ def test_fetch_fills_out_and_list_finds_it_there(tmp_path, monkeypatch, fake_dow
     assert effv2.is_file() and (swin / "config.json").is_file()
     assert f"effv2_s        {effv2}" in result.output and f"swin_t         {swin}" in result.output
     assert "set KERAS_HOME and KAGGLEHUB_CACHE" in result.output
-    assert fake_downloads == [pretrained.requirement("effv2_s").origin, "keras/swin-transformer/keras/"
-                              "swin_tiny_patch4_window7_224/1"]
+    fetched = [call[1] if len(call) == 5 else call[0] for call in fake_downloads]  # origins, handles
+    assert fetched == [pretrained.requirement("effv2_s").origin, "keras/swin-transformer/keras/"
+                       "swin_tiny_patch4_window7_224/1"]
     # Nothing went to the default caches (Keras may write its keras.json into KERAS_HOME when imported here).
     assert not (tmp_path / "keras" / "models").exists() and not (tmp_path / "kagglehub").exists()
 

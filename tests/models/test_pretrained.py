@@ -111,8 +111,10 @@ def test_a_blocked_keras_hub_preset_is_one_clear_error(caches):
         assert part in message, (part, message)
 
 
-def test_fetch_downloads_into_the_folder_given(tmp_path, monkeypatch):
-    """Keras's downloader gets the origin, file name, hash and folder; kagglehub the handle and its cache."""
+@pytest.fixture
+def fake_downloads(monkeypatch):
+    """Keras's and kagglehub's downloaders write empty files where the real ones would; returns their calls:
+    `(fname, origin, cache_subdir, file_hash, cache_dir)` per file, `(handle, KAGGLEHUB_CACHE)` per preset."""
     import kagglehub
     from keras.src.utils import file_utils
 
@@ -132,6 +134,12 @@ def test_fetch_downloads_into_the_folder_given(tmp_path, monkeypatch):
 
     monkeypatch.setattr(file_utils, "get_file", fake_get_file)
     monkeypatch.setattr(kagglehub, "model_download", fake_model_download)
+    return calls
+
+
+def test_fetch_downloads_into_the_folder_given(tmp_path, monkeypatch, fake_downloads):
+    """Keras's downloader gets the origin, file name, hash and folder; kagglehub the handle and its cache."""
+    calls = fake_downloads
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "elsewhere"))
     fetched = pretrained.fetch(["effv2_s", "dinov2_s"], tmp_path / "out", verbose=0)
     assert [one.available() for one in fetched] == [True, True]
