@@ -1,6 +1,5 @@
 """`keras-cxr weights fetch` / `weights list`, and `fit` without a network: one line, nothing written (no network)."""
 
-import os
 import pathlib
 
 import keras
