@@ -93,7 +93,10 @@ def pair_confusion(confusion, class_names, first, second):
     confusion = np.asarray(confusion)
     a, b = class_names.index(first), class_names.index(second)
     rows_a, rows_b = confusion[a].sum(), confusion[b].sum()
-    share = lambda count, rows: float(count / rows) if rows else 0.0  # noqa: E731
+
+    def share(count, rows):
+        return float(count / rows) if rows else 0.0
+
     return {
         f"{first}_as_{second}": share(confusion[a, b], rows_a),
         f"{second}_as_{first}": share(confusion[b, a], rows_b),

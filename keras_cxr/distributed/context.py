@@ -153,10 +153,9 @@ def is_peer_failure(error):
     """Whether `error` is a collective failing because another rank died or hung."""
     import torch.distributed as dist
 
-    if isinstance(error, getattr(dist, "DistBackendError", ())) or isinstance(error, getattr(dist, "DistNetworkError", ())):
+    if isinstance(error, (getattr(dist, "DistBackendError", ()), getattr(dist, "DistNetworkError", ()))):
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Timed out", "gloo",
-                                      "NCCL")
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Timed out")
     )
