@@ -294,11 +294,8 @@ def fetch_pretrained(config, verbose=1):
             downloadable (the message names the URL or preset, the cache
             path and the ways out).
     """
-    if config.weights != "imagenet":
-        return
-    needed = pretrained.requirement(config.name)
-    if needed is not None and not needed.available():
-        pretrained.download(needed, verbose)
+    if config.weights == "imagenet" and pretrained.requirement(config.name) is not None:
+        pretrained.ensure(config.name, verbose)
 
 
 def check_checkpoint(config):

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_cxr.callbacks.swa import average_moving_statistics
 from keras_cxr.callbacks.swa import batch_norm_layers
 
 
@@ -32,5 +33,4 @@ class AverageBatchNormStatistics(keras.callbacks.Callback):
         self.context = context
 
     def on_epoch_end(self, epoch, logs=None):
-        layers = batch_norm_layers(self.model)
-        self.context.average_([v.value for layer in layers for v in (layer.moving_mean, layer.moving_variance)])
+        average_moving_statistics(batch_norm_layers(self.model), self.context)

@@ -22,6 +22,11 @@ def batch_norm_layers(model):
     ]
 
 
+def average_moving_statistics(layers, context):
+    """Average the moving mean and variance of BatchNormalization `layers` over the ranks of `context`."""
+    context.average_([v.value for layer in layers for v in (layer.moving_mean, layer.moving_variance)])
+
+
 def update_bn(model, data, steps=None):
     """Recompute BatchNormalization moving statistics over `data`.
 
@@ -83,7 +88,7 @@ def update_bn(model, data, steps=None):
         raise ValueError("update_bn: bn_data produced no batches.")
     shard = getattr(data, "shard", None)
     if shard is not None:
-        shard.average_([v.value for layer in layers for v in (layer.moving_mean, layer.moving_variance)])
+        average_moving_statistics(layers, shard)
     return n
 
 

@@ -50,6 +50,8 @@ def fit(recipe_file, data_dir, tfds_dir, out_dir, epochs, image_size, batch_size
     context = distributed.initialize()
     try:
         _fit(_recipe(*options), out_dir, overwrite, resume, quiet, sync_bn, context)
+        if context is not None:
+            context.wait_for_all()  # the other ranks wait while rank 0 writes the results, then all leave together
     except click.ClickException as e:
         if context is not None and not context.is_main:
             click.get_current_context().exit(e.exit_code)  # rank 0 says the same
@@ -62,6 +64,24 @@ def fit(recipe_file, data_dir, tfds_dir, out_dir, epochs, image_size, batch_size
     finally:
         if context is not None:
             distributed.shutdown()
+    if context is not None:
+        _end_rank()
+
+
+def _end_rank():
+    """A finished rank ends here, as multiprocessing's workers do (`os._exit` once output is flushed).
+
+    Its work is written and the process group left. Skipping the interpreter's
+    teardown keeps native threads (gloo, torch, TensorFlow) from being torn
+    down out of order, which once turned a finished CI run into a SIGABRT
+    ("terminate called without an active exception") on rank 1.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _check_data_options(data_dir, tfds_dir, folds_dir, fold):

@@ -10,6 +10,7 @@ ranks of a data-parallel run that each build a slice of a batch together build
 exactly the single-process batch.
 """
 
+import functools
 import math
 import mmap
 import multiprocessing as mp
@@ -221,6 +222,7 @@ class CXRDataset(keras.utils.PyDataset):
         """Rows of each batch this process builds: `batch_size / world_size`."""
         return self.batch_size if self.shard is None else self.batch_size // self.shard.world_size
 
+    @functools.cached_property
     def _local_rows(self):
         """This rank's contiguous evaluation rows (all rows without a shard)."""
         n = len(self._table)
@@ -231,7 +233,7 @@ class CXRDataset(keras.utils.PyDataset):
     def __len__(self):
         if self.training:
             return math.ceil(len(self._table) / self.batch_size)
-        return math.ceil(len(self._local_rows()) / self.local_batch_size)
+        return math.ceil(len(self._local_rows) / self.local_batch_size)
 
     def set_epoch(self, epoch):
         """Make the next batches those of `epoch` (e.g. when resuming)."""
@@ -252,7 +254,7 @@ class CXRDataset(keras.utils.PyDataset):
         In evaluation mode: this rank's rows.
         """
         if not self.training:
-            return self._local_rows()
+            return self._local_rows
         epoch = self.epoch if epoch is None else epoch
         cached = self._order
         if cached is not None and cached[0] == epoch:

@@ -7,8 +7,12 @@ import os
 # Exit status of a rank that stops because another rank failed (its own message would only repeat the other's).
 PEER_FAILED_EXIT = 75
 DEFAULT_TIMEOUT_S = 300
+# Waiting at the end for rank 0 to write the results (a whole validation pass and more on a large model):
+# only a rank that hangs that long is given up on; a rank that dies is noticed at once.
+FINISH_TIMEOUT_S = 24 * 3600
 
 _object_group = None  # a gloo group for pickled objects, also under NCCL
+_finish_group = None  # a gloo group with FINISH_TIMEOUT_S, for `wait_for_all`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,16 @@ class Context:
 
         dist.barrier(group=_object_group)
 
+    def wait_for_all(self):
+        """Wait until every rank gets here, however long rank 0's last work takes (up to a day).
+
+        Call it at the end of a run, before `shutdown()`: the ranks then leave
+        the process group together, not while rank 0 is still writing.
+        """
+        import torch.distributed as dist
+
+        dist.barrier(group=_finish_group)
+
 
 def _picklable(value):
     import pickle
@@ -106,7 +120,7 @@ def initialize(timeout_s=None):
     `KERAS_CXR_DIST_TIMEOUT` or 300) for a rank that hangs; a rank that dies
     is noticed at once. Returns `None` outside a multi-process launch.
     """
-    global _object_group
+    global _object_group, _finish_group
     if not requested():
         return None
     import torch
@@ -121,6 +135,7 @@ def initialize(timeout_s=None):
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     _object_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+    _finish_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=FINISH_TIMEOUT_S))
     if backend == "gloo":
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
@@ -141,12 +156,12 @@ def current():
 
 def shutdown():
     """Leave the process group (each rank, at the end of its work)."""
-    global _object_group
+    global _object_group, _finish_group
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    _object_group = None
+    _object_group = _finish_group = None
 
 
 def is_peer_failure(error):

@@ -30,12 +30,13 @@ def _fit(out, *more, nproc=None):
     if nproc:
         command += ["--nproc", str(nproc), "--sync-bn"]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                            # A rank that crashes prints its Python stack (faulthandler) into the error shown.
+                            env=dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1"))
 
 
 def _finish(process, timeout=300):
     out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err[-3000:]
+    assert process.returncode == 0, err[-8000:]
     return out, err
 
 

@@ -13,13 +13,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _entry(rank, world_size, port, function, args, results):
+def _entry(rank, world_size, port, timeout_s, function, args, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size), KERAS_BACKEND="torch")
     from keras_cxr import distributed
 
     try:
-        context = distributed.initialize(timeout_s=60)
+        context = distributed.initialize(timeout_s=timeout_s)
         results[rank] = ("ok", function(context, *args))
     except BaseException:  # noqa: BLE001 - reported to the test
         results[rank] = ("error", traceback.format_exc())
@@ -27,11 +27,14 @@ def _entry(rank, world_size, port, function, args, results):
         distributed.shutdown()
 
 
-def run_ranks(function, *args, world_size=2):
-    """`function(context, *args)` on each rank; returns the ranks' results (a list), or fails with a rank's traceback."""
+def run_ranks(function, *args, world_size=2, timeout_s=60):
+    """`function(context, *args)` on each rank; returns the ranks' results (a list), or fails with a rank's traceback.
+
+    `timeout_s`: the process group's collective timeout.
+    """
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
-    mp.start_processes(_entry, args=(world_size, _free_port(), function, args, results), nprocs=world_size,
+    mp.start_processes(_entry, args=(world_size, _free_port(), timeout_s, function, args, results), nprocs=world_size,
                        start_method="spawn", join=True)
     out = []
     for rank in range(world_size):

@@ -118,3 +118,18 @@ def test_rank_0_work_and_its_errors_reach_every_rank():
         assert made == "made by 0"
         assert outcomes == [("ConfigError", "Recipe.epochs: must be >= 1"),
                             ("RuntimeError", "_Unpicklable: no pickle")]
+
+
+def _rank_0_works_past_the_collective_timeout(context):
+    import time
+
+    started = time.monotonic()
+    if context.is_main:
+        time.sleep(4.0)  # twice the group's 2 s collective timeout
+    context.wait_for_all()
+    return time.monotonic() - started
+
+
+def test_the_final_wait_outlasts_the_collective_timeout():
+    waited = run_ranks(_rank_0_works_past_the_collective_timeout, timeout_s=2)
+    assert waited[1] > 3.5, waited  # rank 1 waited for rank 0 instead of timing out after 2 s
