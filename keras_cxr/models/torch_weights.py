@@ -10,11 +10,12 @@ mis-shaped keys are named in one `CheckpointMismatch`. Ignored: BN's
 with a note in the returned `Conversion`: the checkpoint's classifier
 (`classifier.*`); keras-cxr's head is trained anew for your classes.
 
-Families: `densenet` (`densenet121`, `densenet121_xrv`): torchvision's
-`densenet121` and torchxrayvision's `DenseNet` keys (``features.conv0``,
-``features.denseblockB.denselayerL.norm1``, ..., ``features.norm5``), also
-under a ``module.`` / ``model.`` / ``densenet.`` prefix and in
-torchvision's old ``norm.1`` spelling.
+Families, one module each in `keras_cxr.models.from_torch` (`FAMILIES`):
+`densenet` (`densenet121`, `densenet121_xrv`: torchvision / torchxrayvision
+keys). A family module says which torch key feeds which Keras variable
+(`targets(backbone)`, built from `conv2d`, `batch_norm`, ... here), which keys
+are the classifier (`HEAD`), and optionally how to spell keys canonically
+(`canonical`) and a layout hint for mis-shaped keys (`hint`).
 
 Importing this module imports neither Keras nor torch.
 
@@ -33,10 +34,8 @@ from collections.abc import Mapping
 
 from keras_cxr.errors import FieldError, listing
 
-_PREFIXES = ("module.", "model.", "densenet.")
-_IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^op_threshs$")
-_HEAD = re.compile(r"^classifier\.")
-_OLD_DENSE_LAYER = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+_PREFIXES = ("module.", "model.")  # DataParallel / training wrappers
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 _BN = ("weight", "bias", "running_mean", "running_var")  # Keras's order: gamma, beta, moving_mean, moving_variance
 
 
@@ -133,64 +132,98 @@ def read_state_dict(path_or_state_dict):
     return dict(state)
 
 
-def _canonical(key):
-    """A key without wrapper prefixes, in torchvision's current spelling."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    match = _OLD_DENSE_LAYER.match(key)
-    return match.group(1) + match.group(2) if match else key
+FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet"}
 
 
-def _densenet_module(layer_name):
-    """The torch module path of a keras.applications DenseNet layer, or None for layers without weights."""
-    if layer_name == "conv1_conv":
-        return "features.conv0"
-    if layer_name == "conv1_bn":
-        return "features.norm0"
-    if layer_name == "bn":
-        return "features.norm5"
-    if (m := re.fullmatch(r"conv(\d)_block(\d+)_(\d)_(conv|bn)", layer_name)):
-        part = {("0", "bn"): "norm1", ("1", "conv"): "conv1", ("1", "bn"): "norm2", ("2", "conv"): "conv2"}
-        return f"features.denseblock{int(m[1]) - 1}.denselayer{m[2]}.{part[m[3], m[4]]}"
-    if (m := re.fullmatch(r"pool(\d)_(conv|bn)", layer_name)):
-        return f"features.transition{int(m[1]) - 1}.{'conv' if m[2] == 'conv' else 'norm'}"
-    return None
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where one torch tensor goes: `variable` (a Keras variable) gets `to_keras(array)`; `shape` is torch's."""
+
+    variable: object
+    shape: tuple
+    to_keras: object = None
+
+    def assign(self, array):
+        self.variable.assign(array if self.to_keras is None else self.to_keras(array))
 
 
-FAMILIES = {"densenet": _densenet_module}
+def _oihw_to_hwio(array):
+    return array.transpose(2, 3, 1, 0)
 
 
-def _targets(backbone, module_of):
-    """torch key -> (layer, slot, expected torch shape) for every weight of `backbone`."""
+def _depthwise_to_keras(array):  # torch (C, 1, H, W) -> Keras (H, W, C, 1)
+    return array.transpose(2, 3, 0, 1)
+
+
+def _transpose(array):
+    return array.T
+
+
+def conv2d(module, layer):
+    """`{module}.weight` (and `.bias`) of a torch Conv2d -> Keras `Conv2D` `layer`."""
+    h, w, i, o = layer.kernel.shape
+    out = {f"{module}.weight": Target(layer.kernel, (o, i, h, w), _oihw_to_hwio)}
+    if layer.use_bias:
+        out[f"{module}.bias"] = Target(layer.bias, (o,))
+    return out
+
+
+def depthwise_conv2d(module, layer):
+    """A torch depthwise Conv2d (groups = channels, multiplier 1) -> Keras `DepthwiseConv2D` or grouped `Conv2D`."""
     import keras
 
-    targets = {}
-    for layer in backbone.layers:
-        if not layer.weights:
-            continue
-        module = module_of(layer.name)
-        if module is None:
-            raise ValueError(f"layer {layer.name!r} of {backbone.name!r} has no PyTorch counterpart")
-        if isinstance(layer, keras.layers.Conv2D):
-            h, w, i, o = layer.kernel.shape
-            targets[f"{module}.weight"] = (layer, 0, (o, i, h, w))
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            for slot, suffix in enumerate(_BN):
-                targets[f"{module}.{suffix}"] = (layer, slot, tuple(layer.weights[slot].shape))
-        else:
-            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no PyTorch conversion")
-    return targets
+    kernel = layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else None
+    if kernel is None:  # Conv2D(groups=channels): kernel (H, W, 1, C) is torch's (C, 1, H, W) transposed as usual
+        return conv2d(module, layer)
+    h, w, c, m = kernel.shape
+    out = {f"{module}.weight": Target(kernel, (c * m, 1, h, w), _depthwise_to_keras)}
+    if layer.use_bias:
+        out[f"{module}.bias"] = Target(layer.bias, (c * m,))
+    return out
 
 
-def _family(family):
+def batch_norm(module, layer):
+    """torch BatchNorm weight / bias / running_mean / running_var -> Keras gamma / beta / moving statistics."""
+    variables = (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)
+    return {f"{module}.{suffix}": Target(v, tuple(v.shape)) for suffix, v in zip(_BN, variables) if v is not None}
+
+
+def dense(module, layer):
+    """torch Linear weight (out, in) / bias -> Keras `Dense` kernel (in, out) / bias."""
+    i, o = layer.kernel.shape
+    out = {f"{module}.weight": Target(layer.kernel, (o, i), _transpose)}
+    if layer.use_bias:
+        out[f"{module}.bias"] = Target(layer.bias, (o,))
+    return out
+
+
+def layer_norm(module, layer):
+    """torch LayerNorm weight / bias -> Keras `LayerNormalization` gamma / beta."""
+    return {f"{module}.{suffix}": Target(v, tuple(v.shape))
+            for suffix, v in (("weight", layer.gamma), ("bias", layer.beta)) if v is not None}
+
+
+def family_module(family):
+    """The conversion module of `family` (a key of `FAMILIES`), imported."""
+    import importlib
+
     if family not in FAMILIES:
         raise ValueError(f"no PyTorch conversion for family {family!r}; families with one: {', '.join(FAMILIES)} "
                          "(keras_cxr.models.spec(name).family)")
-    return family
+    return importlib.import_module(FAMILIES[family])
+
+
+def _canonical(key, family):
+    """A key without wrapper prefixes, in the family's canonical spelling."""
+    changed = True
+    prefixes = _PREFIXES + tuple(getattr(family, "PREFIXES", ()))
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    canonical = getattr(family, "canonical", None)
+    return key if canonical is None else canonical(key)
 
 
 def _mismatch(source, family, missing, unexpected, mismatched):
@@ -202,12 +235,8 @@ def _mismatch(source, family, missing, unexpected, mismatched):
     if mismatched:
         shown = listing([f"{k}: checkpoint {tuple(a)}, model {tuple(b)}" for k, a, b in mismatched], quote=False)
         parts.append(f"{len(mismatched)} mis-shaped tensor{'s' if len(mismatched) > 1 else ''} ({shown})")
-    hint = ""
-    for key, got, want in mismatched:
-        if key == "features.conv0.weight" and got[1] != want[1]:
-            hint = (" A 1-channel conv0 is torchxrayvision's layout: use model densenet121_xrv"
-                    if got[1] == 1 else " A 3-channel conv0 is torchvision's layout: use model densenet121")
-    return CheckpointMismatch(f"{source} does not fit the {family} backbone: " + "; ".join(parts) + "." + hint,
+    hint = getattr(family_module(family), "hint", lambda mismatched: "")(mismatched)
+    return CheckpointMismatch(f"{source} does not fit the {family} backbone: " + "; ".join(parts) + "." + (" " + hint if hint else ""),
                               missing, unexpected, mismatched)
 
 
@@ -240,7 +269,7 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
     """
     import numpy as np
 
-    family = _family(family)
+    module = family_module(family)
     try:
         backbone = model_or_backbone.get_layer("backbone")
     except ValueError:
@@ -248,29 +277,22 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
     source = "the state_dict" if isinstance(path_or_state_dict, Mapping) else \
         f"PyTorch checkpoint {os.fspath(path_or_state_dict)}"
     state, dropped, unexpected = {}, [], []
-    targets = _targets(backbone, FAMILIES[family])
+    targets = module.targets(backbone)
+    ignored = getattr(module, "IGNORED", None)
     for key, tensor in read_state_dict(path_or_state_dict).items():
-        key = _canonical(key)
-        if _IGNORED.search(key):
+        key = _canonical(key, module)
+        if _IGNORED.search(key) or (ignored is not None and ignored.search(key)):
             continue
-        if _HEAD.match(key):
+        if module.HEAD.match(key):
             dropped.append((key, tuple(tensor.shape)))
         elif key in targets:
             state[key] = tensor
         else:
             unexpected.append(key)
     missing = [key for key in targets if key not in state]
-    mismatched = [(k, tuple(t.shape), targets[k][2]) for k, t in state.items() if tuple(t.shape) != targets[k][2]]
+    mismatched = [(k, tuple(t.shape), targets[k].shape) for k, t in state.items() if tuple(t.shape) != targets[k].shape]
     if missing or unexpected or mismatched:
         raise _mismatch(source, family, missing, unexpected, mismatched)
-    values = {}
     for key, tensor in state.items():
-        layer, slot, _ = targets[key]
-        array = tensor.detach().to("cpu").float().numpy()
-        values.setdefault(layer.name, [None] * len(layer.weights))[slot] = (
-            np.transpose(array, (2, 3, 1, 0)) if array.ndim == 4 else array
-        )
-    for layer in backbone.layers:
-        if layer.name in values:
-            layer.set_weights(values[layer.name])
+        targets[key].assign(tensor.detach().to("cpu").float().numpy())
     return Conversion(family, len(state), tuple(dropped))
