@@ -1,4 +1,4 @@
-"""Do converted PyTorch DenseNet-121 checkpoints give torch's features? torchvision vs keras-cxr, eval mode.
+"""Do converted PyTorch checkpoints give torch's features? torchvision / timm vs keras-cxr, eval mode.
 
 For each layout (torchvision RGB -> `densenet121`; torchxrayvision's 1-channel
 DenseNet with its 18-pathology classifier and `op_threshs` buffer ->
@@ -15,12 +15,16 @@ DenseNet with its 18-pathology classifier and `op_threshs` buffer ->
    ``adaptive_avg_pool2d(relu(features(x)))`` against the keras-cxr model's
    ``pool`` layer, with Keras's own code and with `keras_cxr.accel` on.
 
-torchvision is not a keras-cxr dependency (it would replace the CPU torch
-with a CUDA build). Install the wheel matching the installed torch beside
-the venv, without touching it, and run:
+And timm's `tf_efficientnetv2_s` -> `effv2_s` the same way (statistics of 8
+images, perturbed by 2 %; torch is fed keras.applications' ``x / 128 - 1``;
+features are timm's ``forward_head(..., pre_logits=True)``).
+
+torchvision and timm are not keras-cxr dependencies (torchvision would
+replace the CPU torch with a CUDA build). Install them beside the venv,
+without touching it, and run (`--models effv2_s` for one row):
 
     .venv/bin/python -m pip download "torchvision==0.28.*" --no-deps -d /tmp/tvwheel   # torch 2.13
-    .venv/bin/python -m pip install --no-deps --target /tmp/tvlib /tmp/tvwheel/*.whl
+    .venv/bin/python -m pip install --no-deps --target /tmp/tvlib /tmp/tvwheel/*.whl timm
     PYTHONPATH=/tmp/tvlib KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_equivalence.py
 
 The wheel's C extension does not load against the CPU torch; only its
@@ -50,6 +54,37 @@ def import_torchvision():
     return torchvision
 
 
+def import_timm():
+    import_torchvision()  # timm imports torchvision
+    import timm
+
+    return timm
+
+
+def calibrate(model, x, mean_shift, var_factor):
+    """Random BatchNorm weights; running statistics of batch `x`'s activations, then perturbed; eval mode.
+
+    Statistics of real activations (as a trained checkpoint has them) keep the
+    features at a trained model's scale; the perturbation (means moved by
+    `mean_shift` standard deviations at most about, variances scaled by a
+    factor in `var_factor`) makes them differ from any batch's own.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.2)
+            norm.momentum = None  # a cumulative average: the statistics of the batch below
+        model.train()(torch.from_numpy(x))
+        for norm in norms:
+            norm.running_mean.add_(torch.randn_like(norm.running_mean) * mean_shift * norm.running_var.sqrt())
+            norm.running_var.mul_(torch.empty_like(norm.running_var).uniform_(*var_factor))
+            norm.momentum = 0.1
+    return model.eval()
+
+
 def torch_densenet(xrv, seed, image_size):
     import torch
 
@@ -61,28 +96,30 @@ def torch_densenet(xrv, seed, image_size):
         torch.nn.init.kaiming_normal_(model.features.conv0.weight)
         model.classifier = torch.nn.Linear(1024, 18)
         model.register_buffer("op_threshs", torch.rand(18))
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for norm in norms:
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.normal_(0.0, 0.2)
-            norm.momentum = None  # a cumulative average: the statistics of the batch below
-        # Running statistics of real activations (as a trained checkpoint has them, so the
-        # features keep a trained model's scale), then perturbed so that they differ from
-        # any batch's own statistics.
-        images = np.random.RandomState(seed + 1).randint(0, 256, (4, image_size, image_size, 3)).astype("uint8")
-        model.train()(torch.from_numpy(torch_input(images, xrv)))
-        for norm in norms:
-            norm.running_mean.add_(torch.randn_like(norm.running_mean) * 0.1 * norm.running_var.sqrt())
-            norm.running_var.mul_(torch.empty_like(norm.running_var).uniform_(0.7, 1.3))
-            norm.momentum = 0.1
-    return model.eval()
+    images = np.random.RandomState(seed + 1).randint(0, 256, (4, image_size, image_size, 3)).astype("uint8")
+    return calibrate(model, torch_input(images, "xrv" if xrv else "imagenet"), 0.1, (0.7, 1.3))
 
 
-def torch_input(images, xrv):
+def torch_effv2(seed, image_size):
+    """timm's tf_efficientnetv2_s. Statistics from 8 images (2 overfit the last stages' few pixels), perturbed
+    by 2 %: larger perturbations compound over its 40 blocks (10 %: features up to ~50, where float32 torch
+    itself is 1e-3 from float64 torch)."""
+    import torch
+
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model("tf_efficientnetv2_s", pretrained=False)
+    images = np.random.RandomState(seed + 1).randint(0, 256, (8, image_size, image_size, 3)).astype("uint8")
+    return calibrate(model, torch_input(images, "effv2"), 0.02, (0.98, 1.02))
+
+
+def torch_input(images, preprocessing):
+    """0-255 NHWC images as the torch model takes them: keras-cxr's preprocessing for the name, in numpy."""
     x = images.astype("float64")
-    if xrv:
+    if preprocessing == "xrv":
         x = x.mean(axis=-1, keepdims=True) * (2048.0 / 255.0) - 1024.0
+    elif preprocessing == "effv2":  # keras.applications EfficientNetV2's Rescaling
+        x = x / 128.0 - 1.0
     else:
         x = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype="float32")
@@ -95,12 +132,18 @@ def compare(name, image_size, batch, seed):
     import keras_cxr.accel
     from keras_cxr import models
 
-    xrv = name == "densenet121_xrv"
-    reference = torch_densenet(xrv, seed, image_size)
     images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
-    with torch.no_grad():
-        features = reference.features(torch.from_numpy(torch_input(images, xrv)))
-        expected = torch.nn.functional.adaptive_avg_pool2d(torch.relu(features), 1).flatten(1).numpy()
+    if name == "effv2_s":
+        reference = torch_effv2(seed, image_size)
+        with torch.no_grad():
+            x = reference.forward_features(torch.from_numpy(torch_input(images, "effv2")))
+            expected = reference.forward_head(x, pre_logits=True).numpy()
+    else:
+        xrv = name == "densenet121_xrv"
+        reference = torch_densenet(xrv, seed, image_size)
+        with torch.no_grad():
+            features = reference.features(torch.from_numpy(torch_input(images, "xrv" if xrv else "imagenet")))
+            expected = torch.nn.functional.adaptive_avg_pool2d(torch.relu(features), 1).flatten(1).numpy()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, f"{name}.pt")
         torch.save(reference.state_dict(), path)
@@ -117,14 +160,18 @@ def compare(name, image_size, batch, seed):
     return max(results.values())
 
 
+MODELS = ("densenet121", "densenet121_xrv", "effv2_s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args(argv)
-    worst = max(compare(name, args.image_size, args.batch, args.seed) for name in ("densenet121", "densenet121_xrv"))
+    worst = max(compare(name, args.image_size, args.batch, args.seed) for name in args.models)
     print(f"{'PASS' if worst <= args.tolerance else 'FAIL'}: worst {worst:.2e} (tolerance {args.tolerance:g})")
     return 0 if worst <= args.tolerance else 1
 

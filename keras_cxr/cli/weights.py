@@ -53,8 +53,9 @@ def list_weights(root):
 @weights.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", required=True,
-              help="The keras-cxr model it is for: densenet121 (torchvision, RGB) or densenet121_xrv "
-                   "(torchxrayvision, 1 gray channel).")
+              help="The keras-cxr model it is for: densenet121 (torchvision, RGB), densenet121_xrv "
+                   "(torchxrayvision, 1 gray channel) or effv2_s / effv2_m / effv2_l (timm "
+                   "tf_efficientnetv2_s / _m / _l).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="The Keras weights file to write (FILE.weights.h5); use it with --set model.weights=FILE.weights.h5.")
 def convert(checkpoint, model_name, out_path):

@@ -18,7 +18,8 @@ def backbone(name, image_size, source, constructors, build_tiny, /, **kwargs):
         name: a key of `constructors`, or the family's tiny variant.
         image_size: input side in pixels.
         source: a `weights.WeightsSource`: none, imagenet (names in
-            `constructors` only) or file.
+            `constructors` only) or file; torch builds it random, for the
+            caller to load the converted checkpoint into.
         constructors: registry name -> `keras.applications` constructor name.
         build_tiny: builds the tiny variant (any name not in `constructors`)
             from the keyword arguments `include_top`, `weights`,

@@ -1,7 +1,11 @@
 """EfficientNetV2-S/M/L from `keras.applications` (and a tiny test variant).
 
 keras.applications' EfficientNetV2 rescales 0-255 input itself
-(`include_preprocessing=True`), so no normalisation layer is added here.
+(`include_preprocessing=True`, ``x / 128 - 1``), so no normalisation layer is
+added here. `weights` may also be a timm `tf_efficientnetv2_s/m/l` PyTorch
+`state_dict` (`keras_cxr.models.from_torch.efficientnet_v2` maps its keys);
+timm's own preprocessing for those weights is ``x / 127.5 - 1`` (mean and
+std 0.5), at most 0.0078 from Keras's, which is kept for every weights source.
 """
 
 from keras_cxr.models import applications
@@ -44,7 +48,8 @@ def efficientnet_v2_backbone(name, image_size, source=weights_lib.WeightsSource(
     Args:
         name: `"effv2_s"`, `"effv2_m"`, `"effv2_l"` or `"tiny_effv2"`.
         image_size: input side in pixels.
-        source: a `weights.WeightsSource` (none, imagenet or file).
+        source: a `weights.WeightsSource`: none, imagenet (S/M/L), a
+            `.weights.h5` file or a timm PyTorch `state_dict` file.
 
     Returns:
         A functional `keras.Model` named `"backbone"`: 0-255 images to the
@@ -55,7 +60,12 @@ def efficientnet_v2_backbone(name, image_size, source=weights_lib.WeightsSource(
     backbone = efficientnet_v2_backbone("tiny_effv2", 64)
     ```
     """
-    return applications.backbone(name, image_size, source, _APPLICATIONS, _tiny_efficientnet_v2)
+    from keras_cxr.models import torch_weights
+
+    backbone = applications.backbone(name, image_size, source, _APPLICATIONS, _tiny_efficientnet_v2)
+    if source.kind == weights_lib.TORCH:
+        torch_weights.load_torch_state_dict(backbone, source.path, "efficientnet_v2")
+    return backbone
 
 
 def _features(images, name, image_size, source):
@@ -65,7 +75,7 @@ def _features(images, name, image_size, source):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-_SUFFIX = "(keras.applications), ImageNet weights."
+_SUFFIX = "(keras.applications), ImageNet weights or timm tf_efficientnetv2 .pt checkpoints."
 
 register_family(
     "efficientnet_v2",

@@ -12,7 +12,7 @@ with a note in the returned `Conversion`: the checkpoint's classifier
 
 Families, one module each in `keras_cxr.models.from_torch` (`FAMILIES`):
 `densenet` (`densenet121`, `densenet121_xrv`: torchvision / torchxrayvision
-keys). A family module says which torch key feeds which Keras variable
+keys), `efficientnet_v2` (`effv2_s/m/l`: timm `tf_efficientnetv2_s/m/l` keys). A family module says which torch key feeds which Keras variable
 (`targets(backbone)`, built from `conv2d`, `batch_norm`, ... here), which keys
 are the classifier (`HEAD`), and optionally how to spell keys canonically
 (`canonical`) and a layout hint for mis-shaped keys (`hint`).
@@ -132,7 +132,10 @@ def read_state_dict(path_or_state_dict):
     return dict(state)
 
 
-FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet"}
+FAMILIES = {
+    "densenet": "keras_cxr.models.from_torch.densenet",
+    "efficientnet_v2": "keras_cxr.models.from_torch.efficientnet_v2",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,8 +252,9 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
         path_or_state_dict: a `state_dict` file (`.pt`, `.pth`, `.bin`) or
             mapping; see `read_state_dict`.
         family: a family with a conversion, a key of `FAMILIES`: `"densenet"`
-            (the family of `densenet121` and `densenet121_xrv`, see
-            `keras_cxr.models.spec(name).family`).
+            (the family of `densenet121` and `densenet121_xrv`) or
+            `"efficientnet_v2"` (`effv2_s/m/l`, `tiny_effv2`); see
+            `keras_cxr.models.spec(name).family`.
 
     Returns:
         A `Conversion`: tensors loaded and classifier keys dropped.
