@@ -159,3 +159,19 @@ def test_timm_tf_efficientnetv2_s_equivalence(tmp_path):
     got = keras.ops.convert_to_numpy(pooled({"images": images}, training=False))
     assert 0.1 < np.abs(expected).max() < 100
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, tensors", [("m", 961), ("l", 1329)])
+def test_timm_tf_efficientnetv2_m_and_l_keys_fit(size, tensors):
+    """Every key of timm's tf_efficientnetv2_m / _l has its effv2_m / _l layer, same shape.
+
+    No forward check: random 57- and 79-block networks amplify float32 rounding past any useful tolerance
+    (keras-vs-timm is the size of timm float32-vs-float64 there).
+    """
+    timm = _timm()
+    reference = timm.create_model(f"tf_efficientnetv2_{size}", pretrained=False)
+    backbone = efficientnet_v2.efficientnet_v2_backbone(f"effv2_{size}", 64)
+    conversion = load_torch_state_dict(backbone, reference.state_dict(), "efficientnet_v2")
+    assert conversion.tensors == tensors and [key for key, _ in conversion.dropped] == ["classifier.weight",
+                                                                                          "classifier.bias"]
