@@ -26,6 +26,14 @@ the venv, without touching it, and run:
 The wheel's C extension does not load against the CPU torch; only its
 operator registrations need it, so this script stubs them out (model
 definitions are pure Python).
+
+ConvNeXt (`convnext_t` <- timm's `convnext_tiny`): timm's model with random
+weights (its layer scales, LayerNorm affines and biases randomised too, as
+timm initialises them to 1e-6, 1 and 0), eval mode, its `state_dict` through
+`models.build("convnext_t", weights=that_file)`; compared are timm's
+``forward_head(forward_features(x), pre_logits=True)`` (pooled, `head.norm`ed
+768 features) and the keras-cxr backbone's output. Needs timm beside the venv
+too (``pip install --no-deps --target /tmp/tvlib "timm==1.0.*"``).
 """
 
 import argparse
@@ -117,6 +125,53 @@ def compare(name, image_size, batch, seed):
     return max(results.values())
 
 
+def torch_convnext(seed):
+    import torch
+
+    import_torchvision()  # timm imports torchvision
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("convnext_tiny", pretrained=False)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):  # timm's LayerNorm2d too
+                module.weight.uniform_(0.5, 1.5)
+            if isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+                module.bias.normal_(0.0, 0.1)
+            if isinstance(getattr(module, "gamma", None), torch.nn.Parameter):  # a block's layer scale
+                module.gamma.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def compare_convnext(image_size, batch, seed, name="convnext_t"):
+    import keras
+    import torch
+
+    import keras_cxr.accel
+    from keras_cxr import models
+
+    reference = torch_convnext(seed)
+    images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
+    with torch.no_grad():
+        x = torch.from_numpy(torch_input(images, xrv=False))
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{name}.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build(name, image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("head_dropout").input)  # the backbone's output
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -125,6 +180,7 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
     worst = max(compare(name, args.image_size, args.batch, args.seed) for name in ("densenet121", "densenet121_xrv"))
+    worst = max(worst, compare_convnext(args.image_size, args.batch, args.seed))
     print(f"{'PASS' if worst <= args.tolerance else 'FAIL'}: worst {worst:.2e} (tolerance {args.tolerance:g})")
     return 0 if worst <= args.tolerance else 1
 

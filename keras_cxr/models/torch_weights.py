@@ -132,7 +132,7 @@ def read_state_dict(path_or_state_dict):
     return dict(state)
 
 
-FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet"}
+FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet", "convnext": "keras_cxr.models.from_torch.convnext"}
 
 
 @dataclasses.dataclass(frozen=True)
