@@ -133,6 +133,7 @@ def read_state_dict(path_or_state_dict):
 
 
 FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet"}
+FAMILIES["swin"] = "keras_cxr.models.from_torch.swin"
 
 
 @dataclasses.dataclass(frozen=True)
