@@ -15,6 +15,12 @@ DenseNet with its 18-pathology classifier and `op_threshs` buffer ->
    ``adaptive_avg_pool2d(relu(features(x)))`` against the keras-cxr model's
    ``pool`` layer, with Keras's own code and with `keras_cxr.accel` on.
 
+A third row, `swin_t`, does the same for timm's `swin_tiny_patch4_window7_224`
+(random init, LayerNorms and biases randomised, eval mode) against
+`swin_t`: timm's pooled ``forward_head(forward_features(x), pre_logits=True)``
+against the keras-cxr ``pool`` layer. It needs timm beside torchvision
+(`TIMM_INSTALL` below).
+
 torchvision is not a keras-cxr dependency (it would replace the CPU torch
 with a CUDA build). Install the wheel matching the installed torch beside
 the venv, without touching it, and run:
@@ -128,9 +134,7 @@ def compare(name, image_size, batch, seed):
 def torch_convnext(seed):
     import torch
 
-    import_torchvision()  # timm imports torchvision
-    import timm
-
+    timm = import_timm()
     torch.manual_seed(seed)
     model = timm.create_model("convnext_tiny", pretrained=False)
     with torch.no_grad():
@@ -172,6 +176,64 @@ def compare_convnext(image_size, batch, seed, name="convnext_t"):
     return max(results.values())
 
 
+# --- Swin-T: timm's swin_tiny_patch4_window7_224 -> swin_t --------------------------------------------------------
+
+TIMM_INSTALL = ".venv/bin/python -m pip install --no-deps --target /tmp/tvlib 'timm==1.0.*' 'torchvision==0.28.*'"
+
+
+def import_timm():
+    """timm (no keras-cxr dependency), after the torchvision stub above; ImportError when it is not installed."""
+    import_torchvision()
+    import timm
+
+    return timm
+
+
+def torch_swin(seed, image_size):
+    """timm's Swin-T, random init, eval mode; LayerNorms and biases randomised so every tensor's mapping shows."""
+    import torch
+
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=image_size)
+    with torch.no_grad():
+        for key, tensor in model.named_parameters():
+            if "norm" in key:
+                tensor.add_(torch.randn_like(tensor) * 0.2)
+            elif key.endswith(".bias") or key.endswith("relative_position_bias_table"):
+                tensor.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def compare_swin(image_size, batch, seed):
+    """timm Swin-T against `models.build("swin_t", weights=PATH.pt)`: pooled 768 features, max abs difference."""
+    import keras
+    import torch
+
+    import keras_cxr.accel
+    from keras_cxr import models
+
+    reference = torch_swin(seed, image_size)
+    images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
+    with torch.no_grad():
+        tokens = reference.forward_features(torch.from_numpy(torch_input(images, xrv=False)))
+        expected = reference.forward_head(tokens, pre_logits=True).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "swin_t.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build("swin_t", image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{'swin_t':16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -180,6 +242,7 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
     worst = max(compare(name, args.image_size, args.batch, args.seed) for name in ("densenet121", "densenet121_xrv"))
+    worst = max(worst, compare_swin(args.image_size, args.batch, args.seed))
     worst = max(worst, compare_convnext(args.image_size, args.batch, args.seed))
     print(f"{'PASS' if worst <= args.tolerance else 'FAIL'}: worst {worst:.2e} (tolerance {args.tolerance:g})")
     return 0 if worst <= args.tolerance else 1

@@ -132,7 +132,11 @@ def read_state_dict(path_or_state_dict):
     return dict(state)
 
 
-FAMILIES = {"densenet": "keras_cxr.models.from_torch.densenet", "convnext": "keras_cxr.models.from_torch.convnext"}
+FAMILIES = {
+    "densenet": "keras_cxr.models.from_torch.densenet",
+    "convnext": "keras_cxr.models.from_torch.convnext",
+    "swin": "keras_cxr.models.from_torch.swin",
+}
 
 
 @dataclasses.dataclass(frozen=True)

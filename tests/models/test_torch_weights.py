@@ -132,8 +132,8 @@ def test_files_are_read_weights_only(tmp_path):
         torch_weights.read_state_dict(tmp_path / "text.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         torch_weights.read_state_dict(tmp_path / "nowhere.pt")
-    with pytest.raises(ValueError, match="no PyTorch conversion for family 'swin'; families with one: densenet"):
-        load_torch_state_dict(backbone, path, "swin")
+    with pytest.raises(ValueError, match="no PyTorch conversion for family 'dinov2'; families with one: densenet"):
+        load_torch_state_dict(backbone, path, "dinov2")
 
 
 def test_build_takes_a_state_dict_file_for_densenet_only(tmp_path):
