@@ -15,6 +15,12 @@ DenseNet with its 18-pathology classifier and `op_threshs` buffer ->
    ``adaptive_avg_pool2d(relu(features(x)))`` against the keras-cxr model's
    ``pool`` layer, with Keras's own code and with `keras_cxr.accel` on.
 
+A third row, `swin_t`, does the same for timm's `swin_tiny_patch4_window7_224`
+(random init, LayerNorms and biases randomised, eval mode) against
+`swin_t`: timm's pooled ``forward_head(forward_features(x), pre_logits=True)``
+against the keras-cxr ``pool`` layer. It needs timm beside torchvision
+(`TIMM_INSTALL` below).
+
 And timm's `tf_efficientnetv2_s` -> `effv2_s` the same way (statistics of 8
 images, perturbed by 2 %; torch is fed keras.applications' ``x / 128 - 1``;
 features are timm's ``forward_head(..., pre_logits=True)``).
@@ -30,6 +36,14 @@ without touching it, and run (`--models effv2_s` for one row):
 The wheel's C extension does not load against the CPU torch; only its
 operator registrations need it, so this script stubs them out (model
 definitions are pure Python).
+
+ConvNeXt (`convnext_t` <- timm's `convnext_tiny`): timm's model with random
+weights (its layer scales, LayerNorm affines and biases randomised too, as
+timm initialises them to 1e-6, 1 and 0), eval mode, its `state_dict` through
+`models.build("convnext_t", weights=that_file)`; compared are timm's
+``forward_head(forward_features(x), pre_logits=True)`` (pooled, `head.norm`ed
+768 features) and the keras-cxr backbone's output. Needs timm beside the venv
+too (``pip install --no-deps --target /tmp/tvlib "timm==1.0.*"``).
 """
 
 import argparse
@@ -52,13 +66,6 @@ def import_torchvision():
     import torchvision
 
     return torchvision
-
-
-def import_timm():
-    import_torchvision()  # timm imports torchvision
-    import timm
-
-    return timm
 
 
 def calibrate(model, x, mean_shift, var_factor):
@@ -132,6 +139,8 @@ def compare(name, image_size, batch, seed):
     import keras_cxr.accel
     from keras_cxr import models
 
+    if name in ("swin_t", "convnext_t"):
+        return {"swin_t": compare_swin, "convnext_t": compare_convnext}[name](image_size, batch, seed)
     images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
     if name == "effv2_s":
         reference = torch_effv2(seed, image_size)
@@ -160,7 +169,110 @@ def compare(name, image_size, batch, seed):
     return max(results.values())
 
 
-MODELS = ("densenet121", "densenet121_xrv", "effv2_s")
+def torch_convnext(seed):
+    import torch
+
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model("convnext_tiny", pretrained=False)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):  # timm's LayerNorm2d too
+                module.weight.uniform_(0.5, 1.5)
+            if isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+                module.bias.normal_(0.0, 0.1)
+            if isinstance(getattr(module, "gamma", None), torch.nn.Parameter):  # a block's layer scale
+                module.gamma.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def compare_convnext(image_size, batch, seed, name="convnext_t"):
+    import keras
+    import torch
+
+    import keras_cxr.accel
+    from keras_cxr import models
+
+    reference = torch_convnext(seed)
+    images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
+    with torch.no_grad():
+        x = torch.from_numpy(torch_input(images, "imagenet"))
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{name}.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build(name, image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("head_dropout").input)  # the backbone's output
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
+# --- Swin-T: timm's swin_tiny_patch4_window7_224 -> swin_t --------------------------------------------------------
+
+TIMM_INSTALL = ".venv/bin/python -m pip install --no-deps --target /tmp/tvlib 'timm==1.0.*' 'torchvision==0.28.*'"
+
+
+def import_timm():
+    """timm (no keras-cxr dependency), after the torchvision stub above; ImportError when it is not installed."""
+    import_torchvision()
+    import timm
+
+    return timm
+
+
+def torch_swin(seed, image_size):
+    """timm's Swin-T, random init, eval mode; LayerNorms and biases randomised so every tensor's mapping shows."""
+    import torch
+
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=image_size)
+    with torch.no_grad():
+        for key, tensor in model.named_parameters():
+            if "norm" in key:
+                tensor.add_(torch.randn_like(tensor) * 0.2)
+            elif key.endswith(".bias") or key.endswith("relative_position_bias_table"):
+                tensor.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def compare_swin(image_size, batch, seed):
+    """timm Swin-T against `models.build("swin_t", weights=PATH.pt)`: pooled 768 features, max abs difference."""
+    import keras
+    import torch
+
+    import keras_cxr.accel
+    from keras_cxr import models
+
+    reference = torch_swin(seed, image_size)
+    images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
+    with torch.no_grad():
+        tokens = reference.forward_features(torch.from_numpy(torch_input(images, "imagenet")))
+        expected = reference.forward_head(tokens, pre_logits=True).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "swin_t.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build("swin_t", image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{'swin_t':16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
+MODELS = ("densenet121", "densenet121_xrv", "swin_t", "convnext_t", "effv2_s")
 
 
 def main(argv=None):

@@ -299,7 +299,10 @@ def fetch_pretrained(config, verbose=1):
 
 
 def check_checkpoint(config):
-    """Before anything is written: a PyTorch checkpoint in `config.weights` fits the model (a quick 32 px build).
+    """Before anything is written: a PyTorch checkpoint in `config.weights` fits the model at the recipe's size.
+
+    The model is built at `config.image_size`, as `fit` will build it: a
+    checkpoint can fix the smallest size (Swin's window: 224 px for swin_t).
 
     Args:
         config: a recipe's `Model`; only a `.pt` / `.pth` / `.bin` file in
@@ -314,7 +317,7 @@ def check_checkpoint(config):
 
     path = config.weights
     if isinstance(path, str) and path.endswith(weights_lib.TORCH_SUFFIXES) and os.path.isfile(path):
-        models.build(config.name, image_size=32, weights=path)
+        models.build(config.name, image_size=config.image_size, weights=path)
 
 
 def _restore(state):

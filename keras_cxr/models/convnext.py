@@ -1,8 +1,11 @@
 """ConvNeXt-T/S/B/L from `keras.applications` (and a tiny test variant).
 
 keras.applications' ConvNeXt standardises 0-255 input itself
-(`include_preprocessing=True`). Its `pooling="avg"` output is global average
-pooling followed by LayerNormalization, as in the original ConvNeXt head.
+(`include_preprocessing=True`: ImageNet mean and std, as timm's ConvNeXt
+expects). Its `pooling="avg"` output is global average pooling followed by
+LayerNormalization, as in the original ConvNeXt head (timm's ``head.norm``).
+A timm `convnext_*` `state_dict` file as `weights` is converted by
+`keras_cxr.models.from_torch.convnext`.
 """
 
 from keras_cxr.models import applications
@@ -39,7 +42,8 @@ def convnext_backbone(name, image_size, source=weights_lib.WeightsSource("none")
         name: `"convnext_t"`, `"convnext_s"`, `"convnext_b"`, `"convnext_l"`
             or `"tiny_convnext"`.
         image_size: input side in pixels.
-        source: a `weights.WeightsSource` (none, imagenet or file).
+        source: a `weights.WeightsSource` (none, imagenet, file, or torch:
+            a timm ConvNeXt `state_dict`).
 
     Returns:
         A functional `keras.Model` named `"backbone"`: 0-255 images to pooled,
@@ -50,9 +54,17 @@ def convnext_backbone(name, image_size, source=weights_lib.WeightsSource("none")
     backbone = convnext_backbone("tiny_convnext", 64)
     ```
     """
-    return applications.backbone(
+    torch_path = source.path if source.kind == weights_lib.TORCH else None
+    if torch_path is not None:
+        source = weights_lib.WeightsSource(weights_lib.NONE)
+    backbone = applications.backbone(
         name, image_size, source, _APPLICATIONS, _tiny_convnext, pooling="avg"
     )
+    if torch_path is not None:
+        from keras_cxr.models import torch_weights
+
+        torch_weights.load_torch_state_dict(backbone, torch_path, "convnext")
+    return backbone
 
 
 def _features(images, name, image_size, source):

@@ -77,7 +77,9 @@ def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
         name: `"swin_t"`, `"swin_s"`, `"swin_b"`, `"swin_l"` or `"tiny_swin"`.
         image_size: input side in pixels (see `check_image_size`).
         source: a `weights.WeightsSource`: none, imagenet (keras-hub preset
-            from Kaggle), a local preset directory, or a weights file.
+            from Kaggle), a local preset directory, a weights file, or a
+            timm PyTorch `state_dict` file (see
+            `keras_cxr.models.from_torch.swin`).
 
     Returns:
         The backbone: ImageNet-normalised images to tokens
@@ -95,10 +97,15 @@ def swin_backbone(name, image_size, source=weights_lib.WeightsSource("none")):
     shape = (image_size, image_size, 3)
     config = {"image_shape": shape, "patch_size": PATCH_SIZE, "name": "backbone", **ARCHS[name],
               "window_size": window_size(name, image_size, source)}
-    return hub.backbone(
+    backbone = hub.backbone(
         keras_hub.models.SwinTransformerBackbone, name, source, PRESETS, config,
         image_shape=shape, name="backbone",
     )
+    if source.kind == weights_lib.TORCH:
+        from keras_cxr.models import torch_weights
+
+        torch_weights.load_torch_state_dict(backbone, source.path, "swin")
+    return backbone
 
 
 def _features(images, name, image_size, source):

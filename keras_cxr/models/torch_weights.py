@@ -12,7 +12,9 @@ with a note in the returned `Conversion`: the checkpoint's classifier
 
 Families, one module each in `keras_cxr.models.from_torch` (`FAMILIES`):
 `densenet` (`densenet121`, `densenet121_xrv`: torchvision / torchxrayvision
-keys), `efficientnet_v2` (`effv2_s/m/l`: timm `tf_efficientnetv2_s/m/l` keys). A family module says which torch key feeds which Keras variable
+keys), `efficientnet_v2` (`effv2_s/m/l`: timm `tf_efficientnetv2_s/m/l`
+keys), `convnext`, `swin` (timm keys). A family module says which torch key
+feeds which Keras variable
 (`targets(backbone)`, built from `conv2d`, `batch_norm`, ... here), which keys
 are the classifier (`HEAD`), and optionally how to spell keys canonically
 (`canonical`) and a layout hint for mis-shaped keys (`hint`).
@@ -135,6 +137,8 @@ def read_state_dict(path_or_state_dict):
 FAMILIES = {
     "densenet": "keras_cxr.models.from_torch.densenet",
     "efficientnet_v2": "keras_cxr.models.from_torch.efficientnet_v2",
+    "convnext": "keras_cxr.models.from_torch.convnext",
+    "swin": "keras_cxr.models.from_torch.swin",
 }
 
 

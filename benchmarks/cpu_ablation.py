@@ -1,0 +1,117 @@
+"""Ablation study of the CPU recipe on validation only (issue 16): one row per lever, each row a `keras-cxr fit`.
+
+Every row is `recipes/cpu.py` (or `--recipe`) plus a few `--set` overrides;
+each row and seed is a run directory under OUT, and a row already finished
+(its metrics.json exists) is read, not trained again, so the study can be
+stopped and continued. It reads validation numbers only (metrics.json:
+val Macro-F1, per-class F1, bacteria/virus confusion, ECE, wall time);
+test labels are never opened here.
+
+    KERAS_BACKEND=torch .venv/bin/python benchmarks/cpu_ablation.py \\
+        --data-dir ../shared/data/cxr4 --out runs/ablation --seeds 42 43
+    # a subset: --rows base size160 sqrt_sampling; list them: --list
+    # options after -- go to every fit (a quick check: ... -- --set epochs=2 --set swa.start_epoch=none)
+
+It prints a Markdown table (mean over seeds, and the spread) and writes
+OUT/ablation.csv with one line per run. Wall times are only comparable
+when the machine runs nothing else.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# name -> (what it changes, fit options). Every option is a real `keras-cxr fit` option.
+ROWS = {
+    "base": ("recipes/cpu.py as it is (128 px, 40 epochs)", []),
+    "size160": ("input 160 px", ["--image-size", "160"]),
+    "size192": ("input 192 px", ["--image-size", "192"]),
+    "size224": ("input 224 px", ["--image-size", "224"]),
+    "epochs60": ("60 epochs (SWA over the last 10)", ["--set", "epochs=60", "--set", "swa.start_epoch=51"]),
+    "aug_light": ("half the geometric/photometric augmentation",
+                  ["--set", "augmentation.rotation=5", "--set", "augmentation.translate=0.04",
+                   "--set", "augmentation.scale=[0.95,1.05]", "--set", "augmentation.shear=4",
+                   "--set", "augmentation.brightness=0.1", "--set", "augmentation.contrast=0.1"]),
+    "aug_strong": ("1.5x augmentation and random erasing 0.25",
+                   ["--set", "augmentation.rotation=15", "--set", "augmentation.translate=0.12",
+                    "--set", "augmentation.scale=[0.85,1.15]", "--set", "augmentation.shear=12",
+                    "--set", "augmentation.brightness=0.3", "--set", "augmentation.contrast=0.3",
+                    "--set", "augmentation.erasing_p=0.25"]),
+    "mixup": ("Mixup (p 0.5)", ["--set", "mixing.mixup_p=0.5"]),
+    "cutmix": ("CutMix (p 0.5)", ["--set", "mixing.cutmix_p=0.5"]),
+    "focal": ("focal loss gamma 2, no smoothing", ["--set", "loss.gamma=2.0", "--set", "loss.label_smoothing=0"]),
+    "sqrt_sampling": ("square-root class sampling", ["--set", "sampling=sqrt"]),
+    "ema": ("EMA of weights instead of SWA", ["--set", "optimizer.ema=true", "--set", "swa.start_epoch=none"]),
+    "no_swa": ("neither SWA nor EMA", ["--set", "swa.start_epoch=none"]),
+}
+COLUMNS = ["row", "seed", "val_macro_f1", "normal", "bacteria", "virus", "COVID-19", "bacteria_virus_confusion",
+           "val_ece", "best_source", "seconds"]
+
+
+def run_row(name, seed, args):
+    """Train one row with one seed (unless its metrics.json exists); its validation numbers."""
+    out = args.out / name / f"seed{seed}"
+    metrics_path = out / "metrics.json"
+    if not metrics_path.exists():
+        command = [sys.executable, "-m", "keras_cxr", "fit", args.recipe, "--data-dir", str(args.data_dir),
+                   "--out", str(out), "--overwrite", "--quiet", "--set", f"seed={seed}", *args.fit_args, *ROWS[name][1]]
+        print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {' '.join(command[2:])}", flush=True)
+        subprocess.run(command, cwd=REPO, check=True)
+    metrics = json.loads(metrics_path.read_text())
+    validation = metrics["validation"]
+    per_class = {k: v["f1"] for k, v in validation["per_class"].items()}
+    confusion = validation.get("bacteria_virus_confusion") or {}
+    return {"row": name, "seed": seed, "val_macro_f1": metrics["val_macro_f1"], **per_class,
+            "bacteria_virus_confusion": confusion.get("rate"), "val_ece": validation.get("ece"),
+            "best_source": metrics["best_source"], "seconds": metrics["seconds"]}
+
+
+def table(frame):
+    """Markdown: per row, mean (min-max over seeds) of val Macro-F1 and virus F1, confusion, ECE, minutes."""
+    lines = ["| row | change | seeds | val Macro-F1 | virus F1 | bacteria/virus confusion | ECE | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, runs in frame.groupby("row", sort=False):
+        def cell(column, digits=3):
+            values = runs[column].astype(float)
+            text = f"{values.mean():.{digits}f}"
+            return text + (f" ({values.min():.{digits}f}-{values.max():.{digits}f})" if len(values) > 1 else "")
+
+        lines.append(f"| {name} | {ROWS[name][0]} | {len(runs)} | {cell('val_macro_f1')} | {cell('virus')} | "
+                     f"{cell('bacteria_virus_confusion')} | {cell('val_ece')} | {runs.seconds.mean() / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "cxr4")
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "ablation")
+    parser.add_argument("--recipe", default="recipes/cpu.py")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--list", action="store_true", help="list the rows and stop")
+    argv, fit_args = sys.argv[1:] if argv is None else list(argv), []
+    if "--" in argv:
+        argv, fit_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    args = parser.parse_args(argv)
+    args.fit_args = fit_args
+    if args.list:
+        for name, (change, options) in ROWS.items():
+            print(f"{name:14s} {change}: {' '.join(options) or '(none)'}")
+        return
+    import pandas as pd
+
+    args.data_dir, args.out = args.data_dir.resolve(), args.out.resolve()
+    results = [run_row(name, seed, args) for name in args.rows for seed in args.seeds]
+    frame = pd.DataFrame(results, columns=COLUMNS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "ablation.csv", index=False)
+    print(table(frame))
+
+
+if __name__ == "__main__":
+    main()
