@@ -166,7 +166,8 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
             `model.get_layer("backbone").save_weights(path)`), or a PyTorch
             `state_dict` file (`.pt`, `.pth`, `.bin`) converted into the
             backbone, for families in `torch_weights.FAMILIES`
-            (`densenet121`, `densenet121_xrv`).
+            (`densenet121`, `densenet121_xrv`, `effv2_s/m/l`,
+            `convnext_t/s/b/l`, `swin_t/s/b/l` and their tiny versions).
 
     Returns:
         A functional `keras.Model` named after `name`, marked for

@@ -13,9 +13,10 @@ with a note in the returned `Conversion`: the checkpoint's classifier
 Families, one module each in `keras_cxr.models.from_torch` (`FAMILIES`):
 `densenet` (`densenet121`, `densenet121_xrv`: torchvision / torchxrayvision
 keys), `efficientnet_v2` (`effv2_s/m/l`: timm `tf_efficientnetv2_s/m/l`
-keys), `convnext`, `swin` (timm keys). A family module says which torch key
-feeds which Keras variable
-(`targets(backbone)`, built from `conv2d`, `batch_norm`, ... here), which keys
+keys), `convnext` (`convnext_t/s/b/l`: timm `convnext_*`) and `swin`
+(`swin_t/s/b/l`: timm `swin_*_patch4_window*`). A family module says which
+torch key feeds which Keras variable (`targets(backbone)`, built from
+`conv2d`, `batch_norm`, ... here), which keys
 are the classifier (`HEAD`), and optionally how to spell keys canonically
 (`canonical`) and a layout hint for mis-shaped keys (`hint`).
 
