@@ -132,12 +132,34 @@ def torch_input(images, preprocessing):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype="float32")
 
 
-def compare(name, image_size, batch, seed):
+def keras_difference(name, reference, images, expected):
+    """`models.build(name, weights=<reference's state_dict as a .pt>)`'s pooled features on `images` against
+    `expected` (torch's), with Keras's own code and with keras_cxr.accel on; prints a row, returns the worst."""
     import keras
     import torch
 
     import keras_cxr.accel
     from keras_cxr import models
+
+    batch, image_size = images.shape[:2]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"{name}.pt")
+        torch.save(reference.state_dict(), path)
+        model = models.build(name, image_size=image_size, weights=path)
+    pooled = keras.Model(model.inputs, model.get_layer("head_dropout").input)  # the backbone's pooled output
+    results = {}
+    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
+        with context():
+            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
+        results[mode] = float(np.abs(got - expected).max())
+    scale = float(np.abs(expected).max())
+    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
+          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
+    return max(results.values())
+
+
+def compare(name, image_size, batch, seed):
+    import torch
 
     if name in ("swin_t", "convnext_t"):
         return {"swin_t": compare_swin, "convnext_t": compare_convnext}[name](image_size, batch, seed)
@@ -153,20 +175,7 @@ def compare(name, image_size, batch, seed):
         with torch.no_grad():
             features = reference.features(torch.from_numpy(torch_input(images, "xrv" if xrv else "imagenet")))
             expected = torch.nn.functional.adaptive_avg_pool2d(torch.relu(features), 1).flatten(1).numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, f"{name}.pt")
-        torch.save(reference.state_dict(), path)
-        model = models.build(name, image_size=image_size, weights=path)
-    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
-    results = {}
-    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
-        with context():
-            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
-        results[mode] = float(np.abs(got - expected).max())
-    scale = float(np.abs(expected).max())
-    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
-          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
-    return max(results.values())
+    return keras_difference(name, reference, images, expected)
 
 
 def torch_convnext(seed):
@@ -187,31 +196,14 @@ def torch_convnext(seed):
 
 
 def compare_convnext(image_size, batch, seed, name="convnext_t"):
-    import keras
     import torch
-
-    import keras_cxr.accel
-    from keras_cxr import models
 
     reference = torch_convnext(seed)
     images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
     with torch.no_grad():
         x = torch.from_numpy(torch_input(images, "imagenet"))
         expected = reference.forward_head(reference.forward_features(x), pre_logits=True).numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, f"{name}.pt")
-        torch.save(reference.state_dict(), path)
-        model = models.build(name, image_size=image_size, weights=path)
-    pooled = keras.Model(model.inputs, model.get_layer("head_dropout").input)  # the backbone's output
-    results = {}
-    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
-        with context():
-            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
-        results[mode] = float(np.abs(got - expected).max())
-    scale = float(np.abs(expected).max())
-    print(f"{name:16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
-          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
-    return max(results.values())
+    return keras_difference(name, reference, images, expected)
 
 
 # --- Swin-T: timm's swin_tiny_patch4_window7_224 -> swin_t --------------------------------------------------------
@@ -245,31 +237,14 @@ def torch_swin(seed, image_size):
 
 def compare_swin(image_size, batch, seed):
     """timm Swin-T against `models.build("swin_t", weights=PATH.pt)`: pooled 768 features, max abs difference."""
-    import keras
     import torch
-
-    import keras_cxr.accel
-    from keras_cxr import models
 
     reference = torch_swin(seed, image_size)
     images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
     with torch.no_grad():
         tokens = reference.forward_features(torch.from_numpy(torch_input(images, "imagenet")))
         expected = reference.forward_head(tokens, pre_logits=True).numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "swin_t.pt")
-        torch.save(reference.state_dict(), path)
-        model = models.build("swin_t", image_size=image_size, weights=path)
-    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
-    results = {}
-    for mode, context in (("keras", keras_cxr.accel.disabled), ("accel", keras_cxr.accel.enabled)):
-        with context():
-            got = keras.ops.convert_to_numpy(pooled({"images": images.astype("float32")}, training=False))
-        results[mode] = float(np.abs(got - expected).max())
-    scale = float(np.abs(expected).max())
-    print(f"{'swin_t':16s} {image_size}px batch {batch}: max |keras - torch| = {results['keras']:.2e} (Keras), "
-          f"{results['accel']:.2e} (accel on); features up to {scale:.3f}, {expected.shape[1]} channels")
-    return max(results.values())
+    return keras_difference("swin_t", reference, images, expected)
 
 
 MODELS = ("densenet121", "densenet121_xrv", "swin_t", "convnext_t", "effv2_s")

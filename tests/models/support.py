@@ -45,3 +45,22 @@ def assert_same_weights(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def equivalence_script(requires, test_file):
+    """benchmarks/torch_equivalence.py as a module once `requires` ("torchvision" or "timm") imports, else a skip
+    naming the install command and `test_file`'s slow run (neither is a keras-cxr dependency)."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("torch_equivalence", REPO / "benchmarks" / "torch_equivalence.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    try:
+        script.import_timm() if requires == "timm" else script.import_torchvision()
+    except ImportError:
+        pytest.skip(f"{requires} is not installed (no dependency); install it beside the venv: "
+                    f"{script.TIMM_INSTALL} && PYTHONPATH=/tmp/tvlib .venv/bin/python -m pytest -m slow {test_file}")
+    return script
+

@@ -11,6 +11,7 @@ from keras_cxr import models
 from keras_cxr.models import densenet, torch_weights, weights
 from keras_cxr.models.torch_weights import CheckpointError, CheckpointMismatch, load_torch_state_dict
 from tests.models import torch_densenet
+from tests.models.support import equivalence_script
 
 TINY = (1, 1, 1, 1)
 # conv0 + norm0 (4) + per dense layer 2 convs and 2 norms (10) + per transition conv and norm (5) + norm5 (4)
@@ -164,28 +165,12 @@ def test_densenet121_xrv_from_a_state_dict_file_matches_torch(tmp_path):
     assert model.predict(images, verbose=0).shape == (2, 4)
 
 
-def _torchvision_check():
-    """benchmarks/torch_equivalence.py as a module, or a skip naming how to run it (torchvision is no dependency)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "torch_equivalence.py"
-    spec = importlib.util.spec_from_file_location("torch_equivalence", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    try:
-        script.import_torchvision()
-    except ImportError:
-        pytest.skip("torchvision is not installed (no dependency); run with it beside the venv: "
-                    ".venv/bin/python -m pip install --no-deps --target /tmp/tvlib 'torchvision==0.28.*' && "
-                    "PYTHONPATH=/tmp/tvlib .venv/bin/python -m pytest -m slow tests/models/test_torch_weights.py")
-    return script
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["densenet121", "densenet121_xrv"])
 def test_torchvision_densenet121_equivalence(name, capsys):
     """torchvision's own densenet121 (random, eval mode) against the converted keras-cxr model, within 1e-4."""
-    script = _torchvision_check()
+    script = equivalence_script("torchvision", "tests/models/test_torch_weights.py")
     assert script.compare(name, image_size=64, batch=2, seed=0) <= 1e-4
     assert f"{name:16s} 64px batch 2: max |keras - torch|" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from keras_cxr import models
 from keras_cxr.models import convnext, weights
 from keras_cxr.models.torch_weights import CheckpointMismatch, load_torch_state_dict
 from tests.models import torch_convnext
+from tests.models.support import equivalence_script
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 # stem conv + LN (4), per stage one block (conv_dw, norm, fc1, fc2: 2 each; gamma),
@@ -89,44 +90,9 @@ def test_build_takes_a_timm_state_dict_file(tmp_path):
     assert model.predict(x.astype("uint8"), verbose=0).shape == (2, 4)
 
 
-def _timm():
-    """timm, or a skip naming how to install it (timm is no dependency)."""
-    import sys
-    import types
-
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    try:
-        import timm
-    except ImportError:
-        pytest.skip("timm is not installed (no dependency); install it beside the venv: "
-                    ".venv/bin/python -m pip install --no-deps --target /tmp/tvlib 'timm==1.0.*' "
-                    "'torchvision==0.28.*' && PYTHONPATH=/tmp/tvlib .venv/bin/python -m pytest -m slow "
-                    "tests/models/test_torch_weights_convnext.py")
-    return timm
-
-
 @pytest.mark.slow
-def test_timm_convnext_tiny_equivalence(tmp_path):
-    """timm's own convnext_tiny (random, eval mode) against `build("convnext_t", weights=file.pt)`, within 1e-4."""
-    timm = _timm()
-    torch.manual_seed(0)
-    reference = timm.create_model("convnext_tiny", pretrained=False).eval()
-    with torch.no_grad():  # timm initialises layer scales to 1e-6 (hiding the blocks), norms to 1 / 0, biases to 0
-        for module in reference.modules():
-            if isinstance(module, torch.nn.LayerNorm):  # timm's LayerNorm2d too
-                module.weight.uniform_(0.5, 1.5)
-            if isinstance(getattr(module, "bias", None), torch.nn.Parameter):
-                module.bias.normal_(0.0, 0.1)
-            if isinstance(getattr(module, "gamma", None), torch.nn.Parameter):
-                module.gamma.uniform_(0.5, 1.5)
-    path = tmp_path / "convnext_tiny.pt"
-    torch.save(reference.state_dict(), path)
-    model = models.build("convnext_t", image_size=64, weights=str(path))
-    x = _images()
-    with torch.no_grad():
-        tensor = torch.from_numpy(((x / 255 - MEAN) / STD).astype("float32").transpose(0, 3, 1, 2).copy())
-        expected = reference.forward_head(reference.forward_features(tensor), pre_logits=True).numpy()
-    features = keras.Model(model.inputs, model.get_layer("head_dropout").input)  # the backbone output
-    got = keras.ops.convert_to_numpy(features({"images": x}, training=False))
-    assert expected.shape == (2, 768)
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+def test_timm_convnext_tiny_equivalence(capsys):
+    """timm's own convnext_tiny (random, layer scales and norms randomised, eval) against the converted convnext_t."""
+    script = equivalence_script("timm", "tests/models/test_torch_weights_convnext.py")
+    assert script.compare("convnext_t", image_size=64, batch=2, seed=0) <= 1e-4
+    assert "convnext_t       64px batch 2: max |keras - torch|" in capsys.readouterr().out

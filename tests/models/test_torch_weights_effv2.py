@@ -12,6 +12,7 @@ from keras_cxr import models
 from keras_cxr.models import efficientnet_v2
 from keras_cxr.models.torch_weights import CheckpointMismatch, load_torch_state_dict
 from tests.models import torch_effv2
+from tests.models.support import equivalence_script
 
 # All four block types timm builds: fused expansion 1 (ConvBnAct), fused (EdgeResidual),
 # MBConv + SE (InvertedResidual), MBConv expansion 1 (DepthwiseSeparableConv).
@@ -125,40 +126,14 @@ def test_build_tiny_effv2_from_a_state_dict_file(tmp_path):
     assert model.predict(images.astype("uint8"), verbose=0).shape == (2, 4)
 
 
-def _timm():
-    import sys
-    import types
-
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    try:
-        import timm
-    except ImportError:
-        pytest.skip("timm is not installed (no dependency); run with it beside the venv: "
-                    ".venv/bin/python -m pip install --no-deps --target /tmp/tvlib timm 'torchvision==0.28.*' && "
-                    "PYTHONPATH=/tmp/tvlib .venv/bin/python -m pytest -m slow tests/models/test_torch_weights_effv2.py")
-    return timm
 
 
 @pytest.mark.slow
-def test_timm_tf_efficientnetv2_s_equivalence(tmp_path):
-    """timm's own tf_efficientnetv2_s (random, BN statistics randomised, eval) against converted effv2_s, 1e-4."""
-    # timm's BatchNormAct2d is a BatchNorm2d, so calibrate_batch_norms reaches it.
-    timm = _timm()
-    torch.manual_seed(0)
-    reference = timm.create_model("tf_efficientnetv2_s", pretrained=False)
-    torch_effv2.calibrate_batch_norms(reference, _images(128, seed=1, batch=8))
-    path = tmp_path / "tf_efficientnetv2_s.pth"
-    torch.save(reference.state_dict(), path)
-    model = models.build("effv2_s", image_size=128, weights=str(path))
-    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
-    images = _images(128)
-    with torch.no_grad():
-        expected = reference.forward_head(reference.forward_features(torch_effv2.keras_input(images)),
-                                          pre_logits=True).numpy()
-    assert expected.shape == (2, 1280)
-    got = keras.ops.convert_to_numpy(pooled({"images": images}, training=False))
-    assert 0.1 < np.abs(expected).max() < 100
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+def test_timm_tf_efficientnetv2_s_equivalence(capsys):
+    """timm's own tf_efficientnetv2_s (random, BN statistics set and perturbed, eval) against converted effv2_s."""
+    script = equivalence_script("timm", "tests/models/test_torch_weights_effv2.py")
+    assert script.compare("effv2_s", image_size=128, batch=2, seed=0) <= 1e-4
+    assert "effv2_s          128px batch 2: max |keras - torch|" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -169,7 +144,7 @@ def test_timm_tf_efficientnetv2_m_and_l_keys_fit(size, tensors):
     No forward check: random 57- and 79-block networks amplify float32 rounding past any useful tolerance
     (keras-vs-timm is the size of timm float32-vs-float64 there).
     """
-    timm = _timm()
+    timm = equivalence_script("timm", "tests/models/test_torch_weights_effv2.py").import_timm()
     reference = timm.create_model(f"tf_efficientnetv2_{size}", pretrained=False)
     backbone = efficientnet_v2.efficientnet_v2_backbone(f"effv2_{size}", 64)
     conversion = load_torch_state_dict(backbone, reference.state_dict(), "efficientnet_v2")

@@ -10,6 +10,7 @@ from keras_cxr import models
 from keras_cxr.models import swin
 from keras_cxr.models.torch_weights import CheckpointMismatch, load_torch_state_dict
 from tests.models import torch_swin
+from tests.models.support import equivalence_script
 
 ACCEL = pytest.mark.parametrize("accel", [keras_cxr.accel.disabled, keras_cxr.accel.enabled], ids=["keras", "accel"])
 # patch_embed (4) + per block 2 norms (4), qkv, proj, fc1, fc2 (8) and the bias table (1) + one merging (3) + norm (2)
@@ -88,27 +89,12 @@ def test_build_takes_a_timm_state_dict_file(tmp_path, accel):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-def _timm_check():
-    """benchmarks/torch_equivalence.py as a module, or a skip naming how to install timm (no dependency)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "torch_equivalence.py"
-    spec = importlib.util.spec_from_file_location("torch_equivalence", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    try:
-        script.import_timm()
-    except ImportError:
-        pytest.skip(f"timm is not installed (no dependency); install it beside the venv: {script.TIMM_INSTALL} && "
-                    "PYTHONPATH=/tmp/tvlib .venv/bin/python -m pytest -m slow tests/models/test_torch_weights_swin.py")
-    return script
 
 
 @pytest.mark.slow
 def test_timm_swin_tiny_equivalence(capsys):
     """timm's own swin_tiny_patch4_window7_224 (random, eval mode) against the converted swin_t, within 1e-4."""
-    script = _timm_check()
+    script = equivalence_script("timm", "tests/models/test_torch_weights_swin.py")
     assert script.compare_swin(image_size=224, batch=2, seed=0) <= 1e-4
     assert "swin_t           224px batch 2: max |keras - torch|" in capsys.readouterr().out
 

@@ -118,34 +118,6 @@ def randomise_batch_norms(model, seed=0):
     return model.eval()
 
 
-def calibrate_batch_norms(model, images, seed=0, perturb=0.02):
-    """Random BN weights, running statistics of `images`' activations (a trained model's scale), then perturbed.
-
-    A deep random network with random statistics blows its features up to
-    1e5 and more; statistics measured on a batch (8 images or more: smaller
-    ones overfit the last stages' few pixels) keep them near 1, as in a
-    trained checkpoint, and a small perturbation (mean by `perturb` standard
-    deviations, variance by a factor in 1 +- `perturb`) keeps them from being
-    any batch's own. Larger ones compound over EfficientNetV2-S's 40 blocks
-    (0.1: features up to 46, float32 torch then differs from float64 torch by 1e-3).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    with torch.no_grad():
-        for norm in norms:
-            norm.weight.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
-            norm.bias.copy_(torch.randn(norm.num_features, generator=generator) * 0.2)
-            norm.momentum = None  # a cumulative average: the statistics of this batch
-            norm.reset_running_stats()
-        model.train()(keras_input(images))
-        for norm in norms:
-            n = norm.num_features
-            norm.running_mean.add_(torch.randn(n, generator=generator) * perturb * norm.running_var.sqrt())
-            norm.running_var.mul_(1 + perturb * (2 * torch.rand(n, generator=generator) - 1))
-            norm.momentum = 0.1
-    return model.eval()
-
-
 def keras_input(images):
     """keras.applications' EfficientNetV2 rescaling of 0-255 NHWC images, as NCHW float32 for torch."""
     x = images.astype("float32") / 128.0 - 1.0
