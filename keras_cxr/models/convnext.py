@@ -54,16 +54,11 @@ def convnext_backbone(name, image_size, source=weights_lib.WeightsSource("none")
     backbone = convnext_backbone("tiny_convnext", 64)
     ```
     """
-    torch_path = source.path if source.kind == weights_lib.TORCH else None
-    if torch_path is not None:
-        source = weights_lib.WeightsSource(weights_lib.NONE)
-    backbone = applications.backbone(
-        name, image_size, source, _APPLICATIONS, _tiny_convnext, pooling="avg"
-    )
-    if torch_path is not None:
+    backbone = applications.backbone(name, image_size, source, _APPLICATIONS, _tiny_convnext, pooling="avg")
+    if source.kind == weights_lib.TORCH:  # built random above, then converted into
         from keras_cxr.models import torch_weights
 
-        torch_weights.load_torch_state_dict(backbone, torch_path, "convnext")
+        torch_weights.load_torch_state_dict(backbone, source.path, "convnext")
     return backbone
 
 
