@@ -8,7 +8,9 @@ warning and Keras's own code runs. Widen a range only after running
 
 from keras_cxr.accel.versions import Patch
 
-KERAS = ("3.15", "3.16")
+KERAS = ("3.14", "3.16")
+# keras-hub 0.32 needs Keras 3.15, so the Swin patch has only been tested there.
+KERAS_FOR_HUB = ("3.15", "3.16")
 TORCH = ("2.13", "2.15")
 KERAS_HUB = ("0.32", "0.33")
 
@@ -36,7 +38,7 @@ PATCHES = (
     Patch("swin", "keras_cxr.accel.swin",
           tuple(f"keras_hub.src.models.swin_transformer.swin_transformer_layers.{name}.call"
                 for name in ("SwinTransformerBlock", "WindowAttention", "Mlp", "PatchMerging", "DropPath")),
-          {"keras": KERAS, "keras-hub": KERAS_HUB, "torch": TORCH},
+          {"keras": KERAS_FOR_HUB, "keras-hub": KERAS_HUB, "torch": TORCH},
           "keras-hub's Swin layers with direct torch calls and cached constants (once keras_hub is imported)"),
     Patch("trace", "keras_cxr.accel.trace", (),
           {"keras": KERAS, "torch": TORCH}, "inference of marked models replayed from a verified TorchScript trace"),
