@@ -144,7 +144,10 @@ class Optimizer(Config):
         weight_decay: decoupled weight decay (AdamW, SGD).
         ema: keep an exponential moving average of the weights
             (`use_ema`); checkpoints and SWA then use the averaged weights.
-        ema_momentum: the average's momentum.
+        ema_momentum: the average's momentum, reached after a warmup
+            (`min(ema_momentum, (1 + step) / (10 + step))`, the
+            `EMAWarmup` callback) so that short runs do not keep their
+            first weights in the average.
         clipnorm: clip each gradient to this norm; None for no clipping.
     """
 

@@ -113,10 +113,24 @@ def test_early_stopping_and_no_swa(tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_float16_with_ema_trains_and_saves_float32_probabilities(tmp_path):
+def test_mixed_float16_with_ema_trains_and_saves_float32_probabilities(tmp_path, monkeypatch):
+    import keras_cxr.training
+    from keras_cxr.callbacks import EMAWarmup, ema_warmup_momentum
+
+    momenta = []
+
+    class RecordingWarmup(EMAWarmup):
+        def on_train_batch_begin(self, batch, logs=None):
+            super().on_train_batch_begin(batch, logs)
+            momenta.append(self.model.optimizer.inner_optimizer.ema_momentum)
+
+    monkeypatch.setattr(keras_cxr.training, "EMAWarmup", RecordingWarmup)
     recipe = tiny_recipe(precision="mixed_float16", epochs=2, model=Model(name="cxr_resnet", image_size=32),
                          optimizer=Optimizer(learning_rate=2e-3, ema=True, ema_momentum=0.9))
     metrics = fit_recipe(recipe, tmp_path, verbose=0)
+    # the recipe's EMA is warmed up: 0.1, 2/11, ... capped at 0.9
+    assert len(momenta) >= 2
+    np.testing.assert_allclose(momenta, [ema_warmup_momentum(t, 0.9) for t in range(len(momenta))])
     assert metrics["precision"] == "mixed_float16"
     model = keras.saving.load_model(tmp_path / "best.keras")
     assert model.output.dtype == "float32"
