@@ -19,6 +19,7 @@ write_json_atomic({"macro_f1": 0.87}, "runs/exp1/metrics.json")
 import contextlib
 import json
 import os
+import sys
 import tempfile
 
 
@@ -110,12 +111,42 @@ def _copy_mode(path, tmp):
         os.chmod(tmp, 0o666 & ~umask)
 
 
+@contextlib.contextmanager
+def tensorflow_left_unimported():
+    """Within: Keras's "is TensorFlow installed?" answers no unless TensorFlow is already imported.
+
+    Keras's serializer asks `module_utils.tensorflow.available` for every
+    object it writes, only to test `isinstance(obj, tf.TensorShape)`, and the
+    question imports TensorFlow (installed beside keras-hub): 3 s and ~460 MB
+    of memory in a torch-only process, once per `keras-cxr fit`. Before
+    TensorFlow is imported no object can be one of its types, so what is
+    saved does not change. Keras's own check runs when TensorFlow is already
+    imported, when Keras has already answered, or when its lazy module does
+    not look as expected (another Keras version).
+    """
+    try:
+        from keras.src.utils import module_utils
+
+        lazy = module_utils.tensorflow
+    except (ImportError, AttributeError):
+        lazy = None
+    unanswered = lazy is not None and getattr(lazy, "_available", True) is None and getattr(lazy, "module", True) is None
+    if "tensorflow" in sys.modules or not unanswered:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None
+
+
 def save_model_atomic(model, path):
     """Save a Keras model to `path` (a `.keras` file) atomically.
 
     The model is saved to `<dir>/.<name>.tmp.keras` and then moved over
     `path`; on failure the temporary file is removed and any previous `path`
-    is kept.
+    is kept. Saving does not import TensorFlow (`tensorflow_left_unimported`).
 
     Args:
         model: a `keras.Model`.
@@ -124,7 +155,8 @@ def save_model_atomic(model, path):
     Returns:
         The destination path as a string.
     """
-    return _save_atomic(model.save, path, ".keras", "save_model_atomic")
+    with tensorflow_left_unimported():
+        return _save_atomic(model.save, path, ".keras", "save_model_atomic")
 
 
 def save_weights_atomic(model, path):

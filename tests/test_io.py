@@ -75,3 +75,50 @@ def test_save_weights_atomic_replaces_and_leaves_no_temporary_file(tmp_path, mon
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["m.weights.h5"]
     with pytest.raises(ValueError, match="'.weights.h5'"):
         save_weights_atomic(model, tmp_path / "m.h5")
+
+
+_SAVE_IN_A_FRESH_PROCESS = r"""
+import importlib.util, json, sys, zipfile
+import numpy as np
+import keras
+from keras.src.utils import module_utils
+from keras_cxr.io import save_model_atomic
+
+assert "tensorflow" not in sys.modules
+inputs = keras.Input((16, 16, 3))
+features = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(features)))
+x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+save_model_atomic(model, sys.argv[1] + "/guarded.keras")
+after_guarded = "tensorflow" in sys.modules
+answer_after = module_utils.tensorflow._available
+same = np.array_equal(keras.saving.load_model(sys.argv[1] + "/guarded.keras").predict(x, verbose=0),
+                      model.predict(x, verbose=0))
+model.save(sys.argv[1] + "/plain.keras")
+configs = [json.loads(zipfile.ZipFile(sys.argv[1] + f"/{n}.keras").read("config.json")) for n in ("guarded", "plain")]
+print(json.dumps({"tf_installed": importlib.util.find_spec("tensorflow") is not None,
+                  "tf_after_guarded_save": after_guarded, "answer_after": answer_after,
+                  "tf_after_plain_save": "tensorflow" in sys.modules,
+                  "same_predictions": bool(same), "same_config": configs[0] == configs[1]}))
+"""
+
+
+@pytest.mark.slow
+def test_save_model_atomic_leaves_tensorflow_unimported(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-c", _SAVE_IN_A_FRESH_PROCESS, str(tmp_path)], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["tf_after_guarded_save"] is False
+    assert facts["answer_after"] is None  # Keras's own question is left unanswered, as before
+    assert facts["same_predictions"] and facts["same_config"]
+    if facts["tf_installed"]:
+        assert facts["tf_after_plain_save"] is True  # what the guard avoids
