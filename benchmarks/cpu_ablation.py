@@ -37,6 +37,16 @@ import pandas as pd
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # name -> (what it changes, fit options). Every option is a real `keras-cxr fit` option.
+def _augmentation(rotation, translate, scale, shear, photometric, erasing_p=None):
+    """`--set` overrides for one augmentation strength (scale is the +- range, photometric brightness and contrast)."""
+    options = [f"augmentation.rotation={rotation}", f"augmentation.translate={translate}",
+               f"augmentation.scale=[{1 - scale:g},{1 + scale:g}]", f"augmentation.shear={shear}",
+               f"augmentation.brightness={photometric}", f"augmentation.contrast={photometric}"]
+    if erasing_p is not None:
+        options.append(f"augmentation.erasing_p={erasing_p}")
+    return [arg for option in options for arg in ("--set", option)]
+
+
 ROWS = {
     "base": ("the recipe as it is (recipes/cpu.py: 128 px, 40 epochs)", []),
     "size160": ("input 160 px", ["--image-size", "160"]),
@@ -46,19 +56,9 @@ ROWS = {
     "size160_epochs20": ("input 160 px, 20 epochs (SWA over the last 5)",
                          ["--image-size", "160", "--set", "epochs=20", "--set", "swa.start_epoch=16"]),
     "epochs60": ("60 epochs (SWA over the last 10)", ["--set", "epochs=60", "--set", "swa.start_epoch=51"]),
-    "aug_before": ("cpu.py's augmentation before 2026-12-07 (twice aug_light)",
-                   ["--set", "augmentation.rotation=10", "--set", "augmentation.translate=0.08",
-                    "--set", "augmentation.scale=[0.9,1.1]", "--set", "augmentation.shear=8",
-                    "--set", "augmentation.brightness=0.2", "--set", "augmentation.contrast=0.2"]),
-    "aug_light": ("light augmentation (cpu.py's since 2026-12-07)",
-                  ["--set", "augmentation.rotation=5", "--set", "augmentation.translate=0.04",
-                   "--set", "augmentation.scale=[0.95,1.05]", "--set", "augmentation.shear=4",
-                   "--set", "augmentation.brightness=0.1", "--set", "augmentation.contrast=0.1"]),
-    "aug_strong": ("1.5x aug_before and random erasing 0.25",
-                   ["--set", "augmentation.rotation=15", "--set", "augmentation.translate=0.12",
-                    "--set", "augmentation.scale=[0.85,1.15]", "--set", "augmentation.shear=12",
-                    "--set", "augmentation.brightness=0.3", "--set", "augmentation.contrast=0.3",
-                    "--set", "augmentation.erasing_p=0.25"]),
+    "aug_before": ("cpu.py's augmentation before 2026-12-07 (twice aug_light)", _augmentation(10, 0.08, 0.1, 8, 0.2)),
+    "aug_light": ("light augmentation (cpu.py's since 2026-12-07)", _augmentation(5, 0.04, 0.05, 4, 0.1)),
+    "aug_strong": ("1.5x aug_before and random erasing 0.25", _augmentation(15, 0.12, 0.15, 12, 0.3, erasing_p=0.25)),
     "mixup": ("Mixup (p 0.5)", ["--set", "mixing.mixup_p=0.5"]),
     "cutmix": ("CutMix (p 0.5)", ["--set", "mixing.cutmix_p=0.5"]),
     "focal": ("focal loss gamma 2, no smoothing", ["--set", "loss.gamma=2.0", "--set", "loss.label_smoothing=0"]),

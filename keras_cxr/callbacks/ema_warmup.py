@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_cxr.callbacks.warmup_cosine import base_optimizer
+from keras_cxr.callbacks.warmup_cosine import ema_optimizer
 
 
 def ema_warmup_momentum(step, momentum, warmup_steps=10):
@@ -66,32 +66,24 @@ class EMAWarmup(keras.callbacks.Callback):
             raise ValueError(f"warmup_steps must be > 1, got {warmup_steps}")
         self.momentum = momentum
         self.warmup_steps = warmup_steps
+        self._optimizer = None
         self._target = None
         self._step = 0
 
-    def _optimizer(self):
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return None
-        opt = base_optimizer(optimizer)
-        return opt if getattr(opt, "use_ema", False) else None
-
     def on_train_begin(self, logs=None):
-        opt = self._optimizer()
-        if opt is None:
+        self._optimizer = ema_optimizer(self.model)
+        if self._optimizer is None:
             return
-        self._target = float(self.momentum if self.momentum is not None else opt.ema_momentum)
-        self._step = int(keras.ops.convert_to_numpy(opt.iterations))
+        self._target = float(self.momentum if self.momentum is not None else self._optimizer.ema_momentum)
+        self._step = int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
-        opt = self._optimizer()
-        if opt is not None:
-            opt.ema_momentum = ema_warmup_momentum(self._step, self._target, self.warmup_steps)
+        if self._optimizer is not None:
+            self._optimizer.ema_momentum = ema_warmup_momentum(self._step, self._target, self.warmup_steps)
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
 
     def on_train_end(self, logs=None):
-        opt = self._optimizer()
-        if opt is not None:
-            opt.ema_momentum = self._target
+        if self._optimizer is not None:
+            self._optimizer.ema_momentum = self._target

@@ -6,7 +6,7 @@ import math
 import keras
 import numpy as np
 
-from keras_cxr.callbacks.warmup_cosine import base_optimizer
+from keras_cxr.callbacks.warmup_cosine import ema_optimizer
 from keras_cxr.io import save_model_atomic
 from keras_cxr.metrics.macro_f1 import macro_f1
 from keras_cxr.predict import predict_with_labels
@@ -20,11 +20,8 @@ def _ema_pairs(model):
     (the same lists `keras.callbacks.SwapEMAWeights` swaps). Under
     `mixed_float16` they live on the `LossScaleOptimizer`'s inner optimizer.
     """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return []
-    opt = base_optimizer(optimizer)
-    if not getattr(opt, "use_ema", False):
+    opt = ema_optimizer(model)
+    if opt is None:
         return []
     averages = getattr(opt, "_model_variables_moving_average", None)
     if not averages:

@@ -15,6 +15,15 @@ def base_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def ema_optimizer(model):
+    """The optimizer of `model` that keeps a weight EMA (`use_ema=True`; the inner one under loss scaling), else None."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    opt = base_optimizer(optimizer)
+    return opt if getattr(opt, "use_ema", False) else None
+
+
 def get_lr(optimizer):
     """Current learning rate of `optimizer` (or its inner optimizer) as a float."""
     return float(keras.ops.convert_to_numpy(base_optimizer(optimizer).learning_rate))
