@@ -102,6 +102,7 @@ def _cam_grid(run, table, rows, folder, method):
 
     predictor = Predictor.load(run)
     mapper = ClassActivationMapper(predictor.model, method)
+    method = mapper.method
     subset = table.subset(np.asarray(rows))
     data = predictor.dataset(subset, batch_size=8)
     names = predictor.class_names
@@ -118,7 +119,7 @@ def _cam_grid(run, table, rows, folder, method):
             offset += 1
     path = folder / "cams.png"
     contact_sheet(images, captions, path, columns=4, title=f"{method} of the predicted class")
-    return _img(path, "class-activation maps"), mapper.layout.source
+    return _img(path, "class-activation maps"), mapper.source, method
 
 
 def _audit_section(audit_dir):
@@ -146,7 +147,7 @@ def _environment(metrics):
     return '<p class="muted">This run did not record its environment (runs made before keras-cxr recorded it).</p>'
 
 
-def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_per_class=2, method="gradcam"):
+def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_per_class=2, method="auto"):
     """Write one self-contained HTML page about the run in `run_dir`.
 
     Args:
@@ -158,7 +159,8 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
         labels: the labeled table CSV of `probs` (its images are mapped).
         audit: a folder written by `keras_cxr.audit.write_audit`, shown when given.
         cams_per_class: correct and wrong rows mapped per class (0: no maps).
-        method: the class-activation method of the maps.
+        method: the class-activation method of the maps (see
+            `keras_cxr.explain.ClassActivationMapper`; ``"auto"`` by family).
 
     Returns:
         `out_path`.
@@ -212,9 +214,9 @@ def write_report(run_dir, out_path, probs=None, labels=None, audit=None, cams_pe
                      _img(folder / "reliability.png", "reliability diagram"), "</div>"]
         if cams_per_class:
             rows = _cam_cases(aligned.values, table.class_ids, cams_per_class)
-            grid, source = _cam_grid(run, table, rows, folder, method)
+            grid, source, used = _cam_grid(run, table, rows, folder, method)
             sections += ["<h2>Where the model looked</h2>",
-                         f"<p>Per class, the {cams_per_class} most confident correct and wrong rows; {method} on "
+                         f"<p>Per class, the {cams_per_class} most confident correct and wrong rows; {used} on "
                          f"{html.escape(source)}.</p>", grid]
         if audit is not None:
             sections += ["<h2>Label audit</h2>", _audit_section(audit)]

@@ -18,7 +18,7 @@ FLAGS = {
     "test_paths": "--test", "thresholds": "--thresholds", "weight": "--weight", "max_per_class": "--max-per-class",
     "folds_dir": "--folds-dir", "fold": "--fold", "make_folds": "keras-cxr kfold",
     "fold_csvs": "keras-cxr fit --folds-dir DIR --fold K",
-    "calibration": "--calibration", "method": "--method", "cv_folds": "--cv-folds", "model": "MODEL", "target": "--class",
+    "calibration": "--calibration", "method": "--method", "steps": "--steps", "cv_folds": "--cv-folds", "model": "MODEL", "target": "--class",
     "run_dir": "RUN", "probs": "--probs", "labels": "--labels", "audit": "--audit",
     "competition": "--competition", "raw_dir": "--from", "val_fraction": "--val-fraction",
     "group_regex": "--group-regex", "fetch": "keras-cxr weights fetch", "weights": "--set model.weights=PATH",

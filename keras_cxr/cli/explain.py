@@ -15,7 +15,10 @@ from keras_cxr.cli._common import Reported, UserError
               help="Image folder (default: images/ beside the CSV).")
 @click.option("--class", "target_class", metavar="NAME",
               help="Explain this class for every image (default: each image's predicted class).")
-@click.option("--method", default="gradcam", show_default=True, type=click.Choice(["gradcam", "gradcam++"]))
+@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "gradcam", "gradcam++", "integrated-gradients"]),
+              help="auto: integrated gradients for Swin and DINOv2, Grad-CAM for the CNNs.")
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Path points of integrated gradients (each one a forward and backward pass).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")
 @click.option("--sheet", default=16, show_default=True, type=click.IntRange(min=0),
               help="Images on contact_sheet.png (0: none).")
@@ -23,7 +26,7 @@ from keras_cxr.cli._common import Reported, UserError
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for maps/, explain.csv, contact_sheet.png and explain.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def explain(model, csv_path, images_dir, target_class, method, limit, sheet, batch_size, out_dir, quiet):
+def explain(model, csv_path, images_dir, target_class, method, steps, limit, sheet, batch_size, out_dir, quiet):
     """Class-activation maps of MODEL (.keras file or run directory) for the images of a CSV."""
     from keras_cxr.explain import ExplainError, explain_csv
 
@@ -32,9 +35,9 @@ def explain(model, csv_path, images_dir, target_class, method, limit, sheet, bat
     with Reported(ExplainError, table="--csv"):
         frame = explain_csv(model, csv_path, out_dir, images_dir=images_dir, target_class=target_class,
                             method=method, limit=limit, sheet=sheet, batch_size=batch_size,
-                            verbose=0 if quiet else 1)
+                            verbose=0 if quiet else 1, steps=steps)
     labeled = frame["true"].astype(bool)
     correct = (frame["true"] == frame["predicted"])[labeled]
     accuracy = f"; {int(correct.sum())} of {int(labeled.sum())} predicted correctly" if labeled.any() else ""
-    click.echo(f"{len(frame)} maps ({method}) -> {out_dir}/maps/, explain.csv"
+    click.echo(f"{len(frame)} maps ({frame.attrs['method']}) -> {out_dir}/maps/, explain.csv"
                + (", contact_sheet.png" if sheet else "") + accuracy)

@@ -56,8 +56,8 @@ def _title(true, predicted, p_predicted, target, p_target, method):
     return " · ".join(parts) + f"\n{explained}, {method}"
 
 
-def explain_csv(model, csv_path, out_dir, images_dir=None, target_class=None, method="gradcam", limit=None,
-                sheet=16, batch_size=16, verbose=0):
+def explain_csv(model, csv_path, out_dir, images_dir=None, target_class=None, method="auto", limit=None,
+                sheet=16, batch_size=16, verbose=0, steps=16):
     """Write class-activation maps of `model` for the rows of `csv_path` into `out_dir`.
 
     Args:
@@ -69,14 +69,17 @@ def explain_csv(model, csv_path, out_dir, images_dir=None, target_class=None, me
         images_dir: the image folder (default: ``images/`` beside the CSV).
         target_class: the class name every map explains; None explains
             each image's predicted class.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: ``"auto"``, ``"gradcam"``, ``"gradcam++"`` or
+            ``"integrated-gradients"`` (see `ClassActivationMapper`).
         limit: explain only the first `limit` rows.
         sheet: images on the contact sheet (0: none).
         batch_size: images per forward and backward pass.
         verbose: 1 shows a progress bar.
+        steps: path points of integrated gradients.
 
     Returns:
-        The ``explain.csv`` rows as a DataFrame.
+        The ``explain.csv`` rows as a DataFrame (``attrs["method"]``: the
+        method used, ``"auto"`` resolved).
 
     Raises:
         ExplainError: an unknown class or method, or a model without a
@@ -90,7 +93,8 @@ def explain_csv(model, csv_path, out_dir, images_dir=None, target_class=None, me
     predictor = model if isinstance(model, Predictor) else Predictor.load(model)
     names = list(predictor.class_names)
     target = _class_id(target_class, names, predictor.path)
-    mapper = ClassActivationMapper(predictor.model, method)
+    mapper = ClassActivationMapper(predictor.model, method, steps=steps)
+    method = mapper.method
     table = read_table(csv_path, images_dir=images_dir, class_names=predictor.class_names,
                        filename_column=predictor.filename_column)
     if limit is not None:
@@ -126,13 +130,15 @@ def explain_csv(model, csv_path, out_dir, images_dir=None, target_class=None, me
         if progress is not None:
             progress.update(len(rows))
     frame = pd.DataFrame(rows)
+    frame.attrs["method"] = method
     write_csv_atomic(frame, out / "explain.csv")
     if sheet_images:
         contact_sheet(sheet_images, sheet_captions, out / "contact_sheet.png", columns=4,
                       title=f"{pathlib.Path(predictor.path).name}: {method}")
     write_json_atomic({
         "model": predictor.path, "csv": str(csv_path), "method": method, "rows": len(frame),
-        "explained": target_class or "predicted class", "mapped": mapper.layout.source,
+        "explained": target_class or "predicted class", "mapped": mapper.source,
         "grid": list(mapper.layout.grid), "image_size": list(mapper.image_size),
+        **({"steps": mapper.steps} if method == "integrated-gradients" else {}),
     }, out / "explain.json")
     return frame

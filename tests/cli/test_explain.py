@@ -23,6 +23,19 @@ def test_explain_writes_maps_and_says_where(model_file, cxr4_dir, tmp_path):
     assert len(list((tmp_path / "x" / "maps").glob("*.png"))) == 3
 
 
+def test_integrated_gradients_and_its_steps(model_file, cxr4_dir, tmp_path):
+    import json
+
+    result = invoke("explain", model_file, "--csv", cxr4_dir / "test.csv", "--limit", 2, "--method",
+                    "integrated-gradients", "--steps", 3, "--out", tmp_path, "--quiet", "--sheet", 0)
+    assert result.exit_code == 0, result.output
+    assert "2 maps (integrated-gradients) ->" in result.output
+    info = json.loads((tmp_path / "explain.json").read_text())
+    assert info["steps"] == 3 and info["mapped"].startswith("the input pixels, averaged over the 4x4 grid of")
+    result = invoke("explain", model_file, "--csv", cxr4_dir / "test.csv", "--steps", 0, "--out", tmp_path)
+    assert result.exit_code == 2 and "--steps" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--class", "flu"], "--class 'flu' is not a class of MODEL"),
     (["--images", "nowhere"], "--images nowhere: folder not found"),

@@ -30,7 +30,7 @@ def held_out():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "integrated-gradients"])
 def test_cnn_map_peaks_inside_the_mark_that_decides_the_class(marked_resnet, held_out, method):
     x, y, boxes = held_out
     result = ClassActivationMapper(marked_resnet, method)(x)
@@ -56,21 +56,33 @@ def test_map_follows_the_explained_class(marked_resnet, held_out):
 
 
 @pytest.mark.slow
-def test_swin_token_map_points_near_the_mark(held_out):
-    """Token maps are coarser than the CNN's: the test asks for the peak within one token (8 px) of the mark.
+def test_swin_token_map_peaks_inside_the_mark(held_out):
+    """The default token map (integrated gradients per token) peaks inside the mark, as the CNN's Grad-CAM does.
 
-    Measured here: inside the mark for about 0.57 of the images, within one token for about 0.80.
+    The gradient-weighted token map (Grad-CAM on the tokens entering the last
+    stage) is coarser: measured here inside the mark for about 0.57 of the
+    images, within one token (8 px) for about 0.80, so it is held to the latter.
     """
     x, y, boxes = held_out
     model = _train("tiny_swin", 96, epochs=15)
-    result = ClassActivationMapper(model, "gradcam")(x)
+    mapper = ClassActivationMapper(model)
+    assert mapper.method == "integrated-gradients" and mapper.layout.grid == (12, 12)
+    result = mapper(x)
     correct = result.targets == y
+    inside, counted = pointing_rate(result.maps, boxes, correct)
+    gradcam = ClassActivationMapper(model, "gradcam")(x)
+    np.testing.assert_array_equal(gradcam.targets, result.targets)
     grown = np.where(boxes >= 0, np.clip(boxes + np.array([-8, -8, 8, 8]), 0, 96), boxes)
-    inside, _ = pointing_rate(result.maps, boxes, correct)
-    near, counted = pointing_rate(result.maps, grown, correct)
-    print(f"tiny_swin: accuracy {correct.mean():.2f}, peak inside the mark {inside:.2f}, within 8 px {near:.2f}")
+    gradcam_inside, _ = pointing_rate(gradcam.maps, boxes, correct)
+    gradcam_near, _ = pointing_rate(gradcam.maps, grown, correct)
+    print(f"tiny_swin: accuracy {correct.mean():.2f}; peak inside the mark: integrated gradients {inside:.2f}, "
+          f"gradcam {gradcam_inside:.2f} (within 8 px {gradcam_near:.2f})")
     assert correct.mean() >= 0.9 and counted >= 50
-    assert near >= 0.75 and inside >= 0.3  # the mark covers 6% of the image: chance is about 0.06
+    assert inside >= 0.8  # the mark covers 6% of the image: chance is about 0.06
+    assert gradcam_near >= 0.75 and gradcam_inside >= 0.3
+    other = ClassActivationMapper(model)(x[y > 0], targets=(y[y > 0] % 3) + 1)  # another marked class
+    differences = np.abs(other.maps - result.maps[y > 0]).reshape(len(other.maps), -1).max(axis=1)
+    assert np.median(differences) > 0.2
 
 
 @pytest.mark.parametrize("name, kind, grid, prefix", [
@@ -86,8 +98,9 @@ def test_every_family_gives_maps_and_the_models_own_probabilities(name, kind, gr
     model = models.build(name, image_size=64 if name == "cxr_resnet" else None)
     size = model.input_shape[1]
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3)).astype(np.uint8)
-    mapper = ClassActivationMapper(model)
+    mapper = ClassActivationMapper(model, steps=2)
     assert (mapper.layout.kind, mapper.layout.grid, mapper.layout.prefix_tokens) == (kind, grid, prefix)
+    assert mapper.method == ("integrated-gradients" if kind == "tokens" else "gradcam")
     result = mapper(images)
     assert result.maps.shape == (3, size, size) and result.maps.dtype == np.float32
     assert result.maps.min() >= 0 and np.isclose(result.maps.max(axis=(1, 2)), 1).any()
@@ -125,7 +138,7 @@ def test_models_without_a_map_are_refused_with_a_reason():
 
 def test_bad_method_and_target_are_refused():
     model = models.build("cxr_resnet", image_size=32)
-    with pytest.raises(ExplainError, match="'scorecam' is not one of gradcam, gradcam\\+\\+"):
+    with pytest.raises(ExplainError, match=r"'scorecam' is not one of auto, gradcam, gradcam\+\+, integrated-grad"):
         ClassActivationMapper(model, "scorecam")
     with pytest.raises(ExplainError, match="class ids must be in 0..3"):
         ClassActivationMapper(model)(np.zeros((1, 32, 32, 3), np.uint8), targets=4)
