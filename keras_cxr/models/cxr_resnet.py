@@ -12,6 +12,13 @@ from keras_cxr.models.registry import register_family
 WIDTHS = (32, 64, 128, 256)
 BLOCKS = (1, 1, 1, 1)
 STEM_WIDTH = 32
+# Registered sizes: (widths, blocks, stem width). The wide and deep ones are
+# the study's width and depth rows (README, "Choosing the CPU recipe").
+VARIANTS = {
+    "cxr_resnet": (WIDTHS, BLOCKS, STEM_WIDTH),
+    "cxr_resnet_wide": ((48, 96, 192, 384), BLOCKS, 48),
+    "cxr_resnet_deep": (WIDTHS, (2, 2, 2, 2), STEM_WIDTH),
+}
 BN_MOMENTUM = 0.9
 
 
@@ -86,7 +93,8 @@ def _features(images, name, image_size, source):
         raise weights_lib.unsupported(source, name, ["None", "a .weights.h5 file"])
     import keras
 
-    backbone = cxr_resnet_backbone(image_size)
+    widths, blocks, stem_width = VARIANTS[name]
+    backbone = cxr_resnet_backbone(image_size, widths=widths, blocks=blocks, stem_width=stem_width)
     if source.kind == weights_lib.FILE:
         weights_lib.load_file(backbone, source.path, name)
     x = backbone(images)
@@ -99,6 +107,8 @@ register_family(
     [
         # name, default image size, default dropout, params, description
         ("cxr_resnet", 128, 0.2, "1.23M", "Small ResNet (basic blocks, widths 32-256) for CPU training."),
+        ("cxr_resnet_wide", 128, 0.2, "2.76M", "cxr_resnet 1.5x as wide (widths 48-384)."),
+        ("cxr_resnet_deep", 128, 0.2, "2.80M", "cxr_resnet with two blocks per stage."),
     ],
     accelerated=True,
 )

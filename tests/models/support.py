@@ -16,7 +16,8 @@ HUB_BACKBONES = {
     "tiny_effv2_rw": efficientnet_rw.efficientnet_rw_hub_backbone,
 }
 EXPECTED_NAMES = [
-    "convnext_b", "convnext_l", "convnext_s", "convnext_t", "cxr_resnet", "densenet121", "densenet121_xrv",
+    "convnext_b", "convnext_l", "convnext_s", "convnext_t", "cxr_resnet", "cxr_resnet_deep", "cxr_resnet_wide",
+    "densenet121", "densenet121_xrv",
     "dinov2_b", "dinov2_l", "dinov2_s",
     "effv2_l", "effv2_m", "effv2_rw_m", "effv2_rw_s", "effv2_rw_t", "effv2_s",
     "swin_b", "swin_l", "swin_s", "swin_t",

@@ -20,3 +20,13 @@ def test_cxr_resnet_structure_is_tunable():
     assert default.get_layer("rescale").scale == pytest.approx(1 / 127.5)
     with pytest.raises(ValueError):
         cxr_resnet.cxr_resnet_backbone(64, widths=(8, 16), blocks=(1,))
+
+
+def test_wide_and_deep_variants():
+    wide = models.build("cxr_resnet_wide", image_size=64).get_layer("backbone")
+    assert wide.output_shape == (None, 4, 4, 384) and wide.get_layer("stem_conv").filters == 48
+    assert "stage1_block2_1_conv" not in [layer.name for layer in wide.layers]
+    deep = models.build("cxr_resnet_deep", image_size=64).get_layer("backbone")
+    assert deep.output_shape == (None, 4, 4, 256)
+    assert deep.get_layer("stage4_block2_1_conv").strides == (1, 1)
+    assert "stage4_block3_1_conv" not in [layer.name for layer in deep.layers]

@@ -33,7 +33,7 @@ def test_spec_defaults():
         if name not in ("effv2_s", "effv2_l"):
             assert s.default_dropout == 0.2
         # DenseNet-121 starts from PyTorch checkpoints (weights=PATH.pt), not from a download.
-        assert (s.pretrained is None) == (name.startswith(("tiny_", "densenet")) or name == "cxr_resnet")
+        assert (s.pretrained is None) == name.startswith(("tiny_", "densenet", "cxr_resnet"))
     with pytest.raises(Exception):
         models.spec("effv2_s").default_dropout = 0.5  # frozen
 
