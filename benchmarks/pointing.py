@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from keras_cxr.explain import ClassActivationMapper  # noqa: E402
 from keras_cxr.explain.integrated import integrated_gradients  # noqa: E402
-from tests.explain.marks import marked_images, pointing_rate  # noqa: E402
+from tests.explain.marks import grown_boxes, marked_images, pointing_rate  # noqa: E402
 from tests.explain.test_cam import _train  # noqa: E402
 
 EPOCHS = {"cxr_resnet": 3, "tiny_swin": 15}
@@ -38,9 +38,9 @@ def _on_grid(values, grid, size):
     return torch.nn.functional.interpolate(cells, size=size, mode="bilinear")[:, 0].numpy()
 
 
-def _alternatives(model, mapper, x, targets):
-    """{name: maps} of the methods keras-cxr does not ship."""
-    size, grid = x.shape[1:3], mapper.layout.grid
+def _alternatives(model, grid, x, targets):
+    """{name: maps} of the methods keras-cxr does not ship, read on `grid`."""
+    size = x.shape[1:3]
     logits = keras.Model(model.inputs, model.get_layer("logits").output)
     chosen = torch.as_tensor(targets).long()[:, None]
     images = keras.ops.convert_to_tensor(x.astype(np.float32))
@@ -91,15 +91,17 @@ def main():
     parser.add_argument("--models", nargs="+", default=["tiny_swin", "cxr_resnet"], choices=sorted(EPOCHS))
     args = parser.parse_args()
     x, y, boxes = marked_images(100, 96, mark_size=24, seed=1)
-    grown = np.where(boxes >= 0, np.clip(boxes + np.array([-8, -8, 8, 8]), 0, 96), boxes)
+    grown = grown_boxes(boxes, 8, 96)
     print("| model | method | peak inside the mark | within 8 px |\n| --- | --- | --- | --- |")
     for name in args.models:
         model = _train(name, 96, epochs=EPOCHS[name])
-        first = ClassActivationMapper(model, "gradcam")(x)
-        correct = first.targets == y
-        maps = {method: ClassActivationMapper(model, method)(x).maps
-                for method in ("gradcam", "gradcam++", "integrated-gradients")}
-        maps.update(_alternatives(model, ClassActivationMapper(model, "gradcam"), x, first.targets))
+        mappers = {method: ClassActivationMapper(model, method)
+                   for method in ("gradcam", "gradcam++", "integrated-gradients")}
+        results = {method: mapper(x) for method, mapper in mappers.items()}
+        targets = results["gradcam"].targets  # every method explains the predicted class
+        correct = targets == y
+        maps = {method: result.maps for method, result in results.items()}
+        maps.update(_alternatives(model, mappers["gradcam"].layout.grid, x, targets))
         for method, found in maps.items():
             inside, counted = pointing_rate(found, boxes, correct)
             near, _ = pointing_rate(found, grown, correct)

@@ -11,6 +11,12 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+# keras_cxr.explain.METHODS and "auto", spelled out: importing keras_cxr.explain loads pandas and matplotlib.
+CAM_METHODS = ("auto", "gradcam", "gradcam++", "integrated-gradients")
+cam_method_option = click.option(
+    "--method", default="auto", show_default=True, type=click.Choice(CAM_METHODS),
+    help="auto: integrated gradients for Swin and DINOv2, Grad-CAM for the CNNs.")
+
 # The library's error fields (its argument names) -> how this command line words them.
 FLAGS = {
     "out_dir": "--out", "overwrite": "--overwrite", "resume": "--resume", "assignments": "--set",

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from keras_cxr.cli._common import Reported, UserError
+from keras_cxr.cli._common import Reported, UserError, cam_method_option
 
 
 @click.command()
@@ -15,8 +15,7 @@ from keras_cxr.cli._common import Reported, UserError
               help="Image folder (default: images/ beside the CSV).")
 @click.option("--class", "target_class", metavar="NAME",
               help="Explain this class for every image (default: each image's predicted class).")
-@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "gradcam", "gradcam++", "integrated-gradients"]),
-              help="auto: integrated gradients for Swin and DINOv2, Grad-CAM for the CNNs.")
+@cam_method_option
 @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
               help="Path points of integrated gradients (each one a forward and backward pass).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows.")

@@ -2,7 +2,7 @@
 
 import click
 
-from keras_cxr.cli._common import Reported, check_output_file
+from keras_cxr.cli._common import Reported, cam_method_option, check_output_file
 
 
 @click.command()
@@ -13,8 +13,7 @@ from keras_cxr.cli._common import Reported, check_output_file
 @click.option("--audit", "audit", type=click.Path(file_okay=False), help="A folder written by `keras-cxr audit`.")
 @click.option("--cams", "cams_per_class", default=2, show_default=True, type=click.IntRange(min=0),
               help="Correct and wrong rows mapped per class (0: no class-activation maps).")
-@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "gradcam", "gradcam++", "integrated-gradients"]),
-              help="auto: integrated gradients for Swin and DINOv2, Grad-CAM for the CNNs.")
+@cam_method_option
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 def report(run_dir, probs, labels, audit, cams_per_class, method, out_path):
     """Write one self-contained HTML page about RUN: curves, scores, calibration, maps, audit, recipe."""

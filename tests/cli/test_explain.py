@@ -23,6 +23,13 @@ def test_explain_writes_maps_and_says_where(model_file, cxr4_dir, tmp_path):
     assert len(list((tmp_path / "x" / "maps").glob("*.png"))) == 3
 
 
+def test_the_method_choices_are_the_librarys():
+    from keras_cxr.cli._common import CAM_METHODS
+    from keras_cxr.explain import METHODS
+
+    assert CAM_METHODS == ("auto", *METHODS)
+
+
 def test_integrated_gradients_and_its_steps(model_file, cxr4_dir, tmp_path):
     import json
 

@@ -50,6 +50,12 @@ def marked_images(n, image_size=96, mark_size=20, seed=0):
     return images, classes, boxes
 
 
+def grown_boxes(boxes, margin, image_size):
+    """`boxes` widened by `margin` pixels on every side (clipped to the image); class 0's -1 rows stay."""
+    grown = np.clip(boxes + np.array([-margin, -margin, margin, margin]), 0, image_size)
+    return np.where(boxes >= 0, grown, boxes)
+
+
 def pointing_rate(maps, boxes, correct):
     """Share of the correctly classified marked images whose map peaks inside their mark's box, and their count."""
     hits = []

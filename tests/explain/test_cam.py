@@ -7,7 +7,7 @@ import pytest
 from keras_cxr import models
 from keras_cxr.explain import ClassActivationMapper, ExplainError, feature_model
 from keras_cxr.seeding import set_seed
-from tests.explain.marks import marked_images, pointing_rate
+from tests.explain.marks import grown_boxes, marked_images, pointing_rate
 
 
 def _train(name, image_size, epochs, seed=0):
@@ -72,7 +72,7 @@ def test_swin_token_map_peaks_inside_the_mark(held_out):
     inside, counted = pointing_rate(result.maps, boxes, correct)
     gradcam = ClassActivationMapper(model, "gradcam")(x)
     np.testing.assert_array_equal(gradcam.targets, result.targets)
-    grown = np.where(boxes >= 0, np.clip(boxes + np.array([-8, -8, 8, 8]), 0, 96), boxes)
+    grown = grown_boxes(boxes, 8, 96)
     gradcam_inside, _ = pointing_rate(gradcam.maps, boxes, correct)
     gradcam_near, _ = pointing_rate(gradcam.maps, grown, correct)
     print(f"tiny_swin: accuracy {correct.mean():.2f}; peak inside the mark: integrated gradients {inside:.2f}, "
