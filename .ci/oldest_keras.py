@@ -60,6 +60,16 @@ check("one warning names every skipped patch and the versions",
       len(messages) == 1 and all(name in messages[0] for name in skipped) and keras.__version__ in messages[0],
       messages[0] if messages else "no warning")
 
+keras.mixed_precision.set_dtype_policy("mixed_bfloat16")  # what precision "auto" picks on a bfloat16 CPU
+try:
+    with accel.enabled():
+        bf16_losses, bf16_probs = train_and_predict()
+finally:
+    keras.mixed_precision.set_dtype_policy("float32")
+check("mixed_bfloat16 under accel: two train_on_batch steps and predict, close to float32",
+      np.allclose(bf16_losses, losses, rtol=5e-2) and np.allclose(bf16_probs.sum(axis=1), 1, atol=1e-3),
+      f"losses {np.round(bf16_losses, 4).tolist()}")
+
 with tempfile.TemporaryDirectory() as out:
     run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "keras-cxr"), "fit", "recipes/smoke.py",
                           "--epochs", "2", "--set", "swa.start_epoch=none", "--out", out, "--quiet"],

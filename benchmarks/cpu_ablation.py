@@ -67,6 +67,10 @@ ROWS = {
     "sqrt_sampling": ("square-root class sampling", ["--set", "sampling=sqrt"]),
     "ema": ("EMA of weights instead of SWA", ["--set", "optimizer.ema=true", "--set", "swa.start_epoch=none"]),
     "no_swa": ("neither SWA nor EMA", ["--set", "swa.start_epoch=none"]),
+    "float32": ("float32 (what precision auto picks on a CPU without bfloat16 instructions)",
+                ["--set", "precision=float32"]),
+    "bfloat16": ("mixed_bfloat16 (what precision auto picks on a CPU with bfloat16 instructions)",
+                 ["--set", "precision=mixed_bfloat16"]),
 }
 COLUMNS = ["row", "seed", "val_macro_f1", "last5_macro_f1", "normal", "bacteria", "virus", "COVID-19", "bacteria_virus_confusion",
            "val_ece", "best_source", "seconds"]

@@ -58,7 +58,10 @@ the last results whole).
 On a CUDA GPU, `--device cuda --precision mixed_float16` compares keras-cxr
 under Keras's `mixed_float16` policy with timm under `torch.autocast`
 (float16) and a `GradScaler` (the usual AMP loop, for every timm
-contender). `cudnn.benchmark` is on for everyone. Run it with `bash
+contender). On a CPU with bfloat16 instructions (what `precision="auto"`
+picks there), `--precision mixed_bfloat16` compares Keras's
+`mixed_bfloat16` policy with timm under `torch.autocast("cpu",
+dtype=torch.bfloat16)` (no scaler: bfloat16 has float32's range). `cudnn.benchmark` is on for everyone. Run it with `bash
 benchmarks/run` (its own environment: timm needs torchvision, which needs
 another torch build than the test environment).
 """
@@ -221,13 +224,17 @@ def _adamw(parameters, tuned):
         return optimizer, "default"
 
 
-def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=False, tuned=False,
+AUTOCAST = {"float32": None, "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}  # policy -> timm's autocast
+
+
+def timm_steps(name, image_size, batch, device="cpu", amp=None, channels_last=False, tuned=False,
                compiled=False):
     """timm's (train step, inference step, trainable parameter count, notes).
 
     The plain loop (torch's default AdamW, `no_grad` inference), or tuned
     (fused AdamW, `inference_mode`), optionally on `torch.compile(model)`;
-    with `amp`, float16 autocast and a GradScaler. A compiled model is
+    with `amp` ("float16" or "bfloat16"), autocast to that type, and for
+    float16 a GradScaler. A compiled model is
     compiled here, by running both steps a few times, so that the timing
     never includes compilation.
     """
@@ -235,13 +242,13 @@ def timm_steps(name, image_size, batch, device="cpu", amp=False, channels_last=F
     model = build_timm(name, image_size).to(device, memory_format=memory_format)
     optimizer, implementation = _adamw(model.parameters(), tuned or compiled)
     forward = torch.compile(model) if compiled else model
-    scaler = torch.amp.GradScaler(device, enabled=amp)
+    scaler = torch.amp.GradScaler(device, enabled=amp == "float16")
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 4, (batch,), device=device)
     no_grad = torch.inference_mode if tuned or compiled else torch.no_grad
 
     def autocast():
-        return torch.autocast(device, dtype=torch.float16, enabled=amp)
+        return torch.autocast(device, dtype=getattr(torch, amp or "bfloat16"), enabled=amp is not None)
 
     def train_step():
         model.train()
@@ -291,7 +298,7 @@ def _worker(connection, who, name, size, args):
 
                 accel.keep_freed_memory()
             train, infer, params, notes = timm_steps(
-                name, size, args.batch, args.device, amp=args.precision != "float32",
+                name, size, args.batch, args.device, amp=AUTOCAST[args.precision],
                 channels_last=who.endswith("_cl"), tuned=who.startswith("timm_tuned"),
                 compiled=who.startswith("timm_compiled"))
     except Exception as e:  # noqa: BLE001  - reported by the parent
@@ -591,8 +598,11 @@ def machine():
 
 def results_markdown(rows, args, pipeline):
     setting = f"{args.device}, float32"
-    if args.precision != "float32":
+    if args.precision == "mixed_float16":
         setting = (f"{args.device}, keras-cxr `{args.precision}` vs timm AMP float16 with a GradScaler "
+                   "(every timm contender)")
+    elif args.precision == "mixed_bfloat16":
+        setting = (f"{args.device}, keras-cxr `{args.precision}` vs timm under bfloat16 autocast "
                    "(every timm contender)")
     lines = [
         "# Speed: keras-cxr vs PyTorch + timm",
@@ -695,8 +705,8 @@ def main(argv=None):
     parser.add_argument("--pipeline-images", type=int, default=256, help="0 skips the input pipeline")
     parser.add_argument("--pipeline-size", type=int, default=384)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_float16"],
-                        help="keras-cxr's dtype policy; timm runs AMP float16 with mixed_float16")
+    parser.add_argument("--precision", default="float32", choices=list(AUTOCAST),
+                        help="keras-cxr's dtype policy; timm autocasts to float16 (with a GradScaler) or bfloat16")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="the Markdown file written")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:

@@ -1,16 +1,27 @@
 """Choosing the Keras dtype policy (float32 or mixed precision).
 
-Mixed precision is a GPU setting: on CPU it is several times slower than
-float32, so `"auto"` picks `"mixed_float16"` only when CUDA is available.
+`"auto"` picks the fastest policy that trains as well as float32 on the
+device at hand:
+
+- a CUDA GPU: `"mixed_float16"`;
+- a CPU with native bfloat16 instructions (AVX512-BF16 or AMX, e.g. AMD
+  Zen 4 and later, Intel Cooper Lake / Sapphire Rapids and later):
+  `"mixed_bfloat16"`. On a 2-core AMD EPYC (Zen 4) it trained `cxr_resnet`
+  at 128 px 1.7x faster than float32 and scored the same on validation
+  (README, "Precision on the CPU");
+- any other CPU: `"float32"`. Without those instructions bfloat16 and
+  float16 are emulated, and several times slower than float32.
 
 Example:
 
 ```python
 from keras_cxr.precision import set_precision
 
-policy = set_precision("auto")   # "mixed_float16" on a CUDA GPU, else "float32"
+policy = set_precision("auto")   # e.g. "mixed_bfloat16" on a Zen 4 CPU
 ```
 """
+
+import os
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
@@ -21,7 +32,8 @@ def resolve_precision(name):
     Args:
         name: one of `"float32"`, `"mixed_float16"`, `"mixed_bfloat16"` or
             `"auto"` (`"mixed_float16"` when `torch.cuda.is_available()`,
-            else `"float32"`).
+            else `"mixed_bfloat16"` when `cpu_has_native_bfloat16()`, else
+            `"float32"`).
 
     Returns:
         The resolved policy name (never `"auto"`).
@@ -36,8 +48,30 @@ def resolve_precision(name):
     if name == "auto":
         import torch
 
-        return "mixed_float16" if torch.cuda.is_available() else "float32"
+        if torch.cuda.is_available():
+            return "mixed_float16"
+        return "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
     return name
+
+
+def cpu_has_native_bfloat16():
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles), as torch's CPU kernels see it.
+
+    Set `KERAS_CXR_CPU_BFLOAT16=0` to answer False (train in float32 on the
+    CPU whatever it supports), `=1` to answer True.
+    """
+    setting = os.environ.get("KERAS_CXR_CPU_BFLOAT16", "")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if setting:
+        raise ValueError(f"KERAS_CXR_CPU_BFLOAT16 must be 0 or 1, got {setting!r}")
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:  # private probes (torch 2.1+); a torch without them gets the safe answer
+        return any(probe() for probe in probes if probe is not None)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def set_precision(name):

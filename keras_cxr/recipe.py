@@ -214,8 +214,10 @@ class Recipe(Config):
         data, model, augmentation, mixing, loss, optimizer, schedule, swa,
         early_stopping: the sections above.
         sampling: "balanced" (weight N / class count), "sqrt" or "none".
-        precision: "auto" (mixed_float16 on GPU, float32 on CPU),
-            "float32", "mixed_float16" or "mixed_bfloat16".
+        precision: "auto" (mixed_float16 on a CUDA GPU, mixed_bfloat16 on
+            a CPU with bfloat16 instructions, else float32; see
+            `keras_cxr.precision`), "float32", "mixed_float16" or
+            "mixed_bfloat16".
         epochs: maximum number of epochs.
         batch_size: images per step.
         seed: seeds sampling, augmentation and weight initialisation.

@@ -441,6 +441,9 @@ def _fit_recipe(recipe, out_dir, verbose, overwrite, resume, context, sync_batch
 
     set_seed(recipe.seed)
     precision = set_precision(recipe.precision)
+    if verbose and recipe.precision == "auto" and precision == "mixed_bfloat16":
+        print("Precision: mixed_bfloat16 (auto: this CPU has bfloat16 instructions; "
+              "KERAS_CXR_CPU_BFLOAT16=0 keeps float32).")
     model = build_model(recipe, len(class_names))
     image_size = int(model.input_shape[1])
     train_data, val_data = make_datasets(recipe, train_table, val_table, image_size, shard=context)

@@ -17,6 +17,9 @@ built for learning from scratch in about ten minutes on two cores:
   recipe"); stronger augmentation scored lower;
 - a high learning rate (2e-3) with strong weight decay, cosine to 2e-5, and
   SWA over the last ten epochs to smooth the noisy small-data optimum.
+- precision "auto": mixed_bfloat16 on a CPU with bfloat16 instructions
+  (1.7x faster than float32 on a 2-core AMD EPYC, the same on validation),
+  float32 on other CPUs.
 
 Run: keras-cxr fit recipes/cpu.py --data-dir ../shared/data/cxr4 --out runs/cpu
 """

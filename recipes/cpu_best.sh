@@ -16,6 +16,9 @@
 #                   trains). 0: train every seed.
 #                   The members used are printed and written to OUT_DIR/members.txt; rerun with those SEEDS
 #                   and BUDGET_MINUTES=0 to get the same files.
+#   PREDICT_RESERVE_S  seconds the budget keeps for predicting validation and TEST_CSV with every member,
+#                   evaluating and calibrating at the end (default 60; on cxr4's 311 + 310 rows this took 25 s
+#                   with two members on a 2-core VM: raise it for a TEST_CSV of thousands of images)
 #   MEMBER_OPTIONS  `keras-cxr fit` options that make a member from recipes/cpu.py (default none: cpu.py as is)
 #   TTA             test-time views added to the identity, e.g. rotate,zoom (default none: on validation they
 #                   lowered Macro-F1 for each of three models)
@@ -35,13 +38,15 @@ TTA=${TTA-}
 FIT_OPTIONS=${FIT_OPTIONS-}
 KERAS_CXR=${KERAS_CXR:-keras-cxr}
 RECIPE="$(cd "$(dirname "$0")" && pwd)/cpu.py"
-PREDICT_RESERVE_S=120  # kept for predicting validation and TEST_CSV with every member at the end
+PREDICT_RESERVE_S=${PREDICT_RESERVE_S:-60}
 
 for path in "$DATA_DIR/train.csv" "$DATA_DIR/val.csv" "$TEST_CSV"; do
     [ -f "$path" ] || { echo "cpu_best.sh: $path does not exist" >&2; exit 2; }
 done
 [ -d "$IMAGES_DIR" ] || { echo "cpu_best.sh: image folder $IMAGES_DIR does not exist" >&2; exit 2; }
 [[ "$BUDGET_MINUTES" =~ ^[0-9]+$ ]] || { echo "cpu_best.sh: BUDGET_MINUTES must be a whole number, got '$BUDGET_MINUTES'" >&2; exit 2; }
+[[ "$PREDICT_RESERVE_S" =~ ^[0-9]+$ ]] \
+    || { echo "cpu_best.sh: PREDICT_RESERVE_S must be a whole number of seconds, got '$PREDICT_RESERVE_S'" >&2; exit 2; }
 mkdir -p "$OUT_DIR/runs"
 tta=()
 [ -n "$TTA" ] && tta=(--tta "$TTA")

@@ -72,9 +72,9 @@ def test_two_members_are_averaged_calibrated_and_reused(tmp_path):
 
 def test_budget_stops_adding_members(tmp_path):
     # Every `date +%s` moves the clock 400 s: the first member "takes" 400 s, and when the second is
-    # considered 1600 s are spent; 1600 + 400 + 120 s (predictions) fit in 36 minutes but not in 35.
+    # considered 1600 s are spent; 1600 + 400 + 60 s (predictions) fit in 35 minutes but not in 34.
     out = tmp_path / "tight"
-    _, result = workflow(out, SEEDS="1 2 3", BUDGET_MINUTES="35", PATH=fake_clock(tmp_path, 400))
+    _, result = workflow(out, SEEDS="1 2 3", BUDGET_MINUTES="34", PATH=fake_clock(tmp_path, 400))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no more members" in result.stdout
     assert (out / "members.txt").read_text().split() == [str(out / "runs" / "seed1")]
@@ -83,10 +83,20 @@ def test_budget_stops_adding_members(tmp_path):
 
 def test_budget_admits_a_member_that_fits(tmp_path):
     out = tmp_path / "roomy"
-    _, result = workflow(out, SEEDS="1 2", BUDGET_MINUTES="36", PATH=fake_clock(tmp_path, 400))
+    _, result = workflow(out, SEEDS="1 2", BUDGET_MINUTES="35", PATH=fake_clock(tmp_path, 400))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no more members" not in result.stdout
     assert len((out / "members.txt").read_text().split()) == 2
+
+
+def test_prediction_reserve_counts_against_the_budget(tmp_path):
+    # The same 35 minutes with 120 s kept for the predictions: 1600 + 400 + 120 > 2100, one member.
+    out = tmp_path / "reserved"
+    _, result = workflow(out, SEEDS="1 2", BUDGET_MINUTES="35", PREDICT_RESERVE_S="120",
+                         PATH=fake_clock(tmp_path, 400))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "predicting 120 s" in result.stdout
+    assert len((out / "members.txt").read_text().split()) == 1
 
 
 def test_bad_budget_is_refused_before_any_training(tmp_path):
@@ -94,4 +104,8 @@ def test_bad_budget_is_refused_before_any_training(tmp_path):
     _, result = workflow(out, BUDGET_MINUTES="half an hour")
     assert result.returncode == 2
     assert "BUDGET_MINUTES must be a whole number" in result.stderr
+    assert not (out / "runs").exists()
+    _, result = workflow(out, PREDICT_RESERVE_S="1m")
+    assert result.returncode == 2
+    assert "PREDICT_RESERVE_S must be a whole number of seconds, got '1m'" in result.stderr
     assert not (out / "runs").exists()

@@ -137,6 +137,36 @@ def test_mixed_float16_with_ema_trains_and_saves_float32_probabilities(tmp_path,
     assert np.isfinite(pd.read_csv(tmp_path / "val_probs.csv").iloc[:, 1:].to_numpy()).all()
 
 
+@pytest.mark.slow
+def test_auto_precision_trains_in_bfloat16_on_a_bfloat16_cpu(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import keras_cxr
+    from keras_cxr import precision
+    from keras_cxr.data import CXRDataset
+    from keras_cxr.predict import predict_probs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
+    metrics = fit_recipe(tiny_recipe(precision="auto", epochs=2), tmp_path, verbose=1)
+    assert metrics["precision"] == "mixed_bfloat16"
+    assert "Precision: mixed_bfloat16 (auto: this CPU has bfloat16 instructions" in capsys.readouterr().out
+    model = keras_cxr.load_model(tmp_path / "best.keras")
+    convs = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and {layer.compute_dtype for layer in convs} == {"bfloat16"}
+    assert {w.dtype for w in model.weights} == {"float32"}  # variables stay float32
+    assert model.output.dtype == "float32"
+    # The checkpoint reloads to the probabilities the run wrote for validation when it runs the code fit ran
+    # (keras_cxr.accel, as `keras-cxr predict` does); Keras's own code agrees to bfloat16's rounding only.
+    val = read_table(metrics_data_dir(tmp_path) / "val.csv")
+    written = pd.read_csv(tmp_path / "val_probs.csv").iloc[:, 1:].to_numpy()
+    with keras_cxr.accel.enabled():
+        probs = predict_probs(model, CXRDataset(val, 32, batch_size=32))
+    np.testing.assert_allclose(probs, written, atol=1e-6)
+    plain = predict_probs(keras.saving.load_model(tmp_path / "best.keras"), CXRDataset(val, 32, batch_size=32))
+    np.testing.assert_allclose(plain, written, atol=2e-2)
+
+
 def test_refuses_to_overwrite_a_finished_run(run):
     recipe, out, _ = run
     with pytest.raises(RunDirectoryError, match="already holds a finished run"):
