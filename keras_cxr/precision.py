@@ -8,7 +8,7 @@ device at hand:
   Zen 4 and later, Intel Cooper Lake / Sapphire Rapids and later):
   `"mixed_bfloat16"`. On a 2-core AMD EPYC (Zen 4) it trained `cxr_resnet`
   at 128 px 1.7x faster than float32 and scored the same on validation
-  (README, "Precision on the CPU");
+  (README, "bfloat16 on the CPU");
 - any other CPU: `"float32"`. Without those instructions bfloat16 and
   float16 are emulated, and several times slower than float32.
 
