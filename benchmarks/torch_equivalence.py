@@ -21,8 +21,8 @@ A third row, `swin_t`, does the same for timm's `swin_tiny_patch4_window7_224`
 against the keras-cxr ``pool`` layer. It needs timm beside torchvision
 (`TIMM_INSTALL` below).
 
-And timm's `tf_efficientnetv2_s` -> `effv2_s` the same way (statistics of 8
-images, perturbed by 2 %; torch is fed keras.applications' ``x / 128 - 1``;
+And timm's `tf_efficientnetv2_s` -> `effv2_s` (and `_b0` -> `effv2_b0`) the same way (statistics of 8
+images, perturbed by 2 %; torch is fed keras.applications' ``x / 128 - 1``, ImageNet mean / std for B0;
 features are timm's ``forward_head(..., pre_logits=True)``).
 
 torchvision and timm are not keras-cxr dependencies (torchvision would
@@ -107,17 +107,22 @@ def torch_densenet(xrv, seed, image_size):
     return calibrate(model, torch_input(images, "xrv" if xrv else "imagenet"), 0.1, (0.7, 1.3))
 
 
-def torch_effv2(seed, image_size):
-    """timm's tf_efficientnetv2_s. Statistics from 8 images (2 overfit the last stages' few pixels), perturbed
-    by 2 %: larger perturbations compound over its 40 blocks (10 %: features up to ~50, where float32 torch
-    itself is 1e-3 from float64 torch)."""
+def torch_effv2(seed, image_size, variant="s"):
+    """timm's tf_efficientnetv2_<variant> (s, b0, ...). Statistics from 8 images (2 overfit the last stages' few
+    pixels), perturbed by 2 %: larger perturbations compound over its 40 blocks (10 %: features up to ~50, where
+    float32 torch itself is 1e-3 from float64 torch)."""
     import torch
 
     timm = import_timm()
     torch.manual_seed(seed)
-    model = timm.create_model("tf_efficientnetv2_s", pretrained=False)
+    model = timm.create_model(f"tf_efficientnetv2_{variant}", pretrained=False)
     images = np.random.RandomState(seed + 1).randint(0, 256, (8, image_size, image_size, 3)).astype("uint8")
-    return calibrate(model, torch_input(images, "effv2"), 0.02, (0.98, 1.02))
+    return calibrate(model, torch_input(images, effv2_preprocessing(variant)), 0.02, (0.98, 1.02))
+
+
+def effv2_preprocessing(variant):
+    """keras.applications' EfficientNetV2 input scaling: ImageNet mean / std for B0-B3, ``x / 128 - 1`` for S/M/L."""
+    return "imagenet" if variant.startswith("b") else "effv2"
 
 
 def torch_input(images, preprocessing):
@@ -164,10 +169,11 @@ def compare(name, image_size, batch, seed):
     if name in ("swin_t", "convnext_t"):
         return {"swin_t": compare_swin, "convnext_t": compare_convnext}[name](image_size, batch, seed)
     images = np.random.RandomState(seed).randint(0, 256, (batch, image_size, image_size, 3)).astype("uint8")
-    if name == "effv2_s":
-        reference = torch_effv2(seed, image_size)
+    if name.startswith("effv2_"):
+        variant = name.removeprefix("effv2_")
+        reference = torch_effv2(seed, image_size, variant)
         with torch.no_grad():
-            x = reference.forward_features(torch.from_numpy(torch_input(images, "effv2")))
+            x = reference.forward_features(torch.from_numpy(torch_input(images, effv2_preprocessing(variant))))
             expected = reference.forward_head(x, pre_logits=True).numpy()
     else:
         xrv = name == "densenet121_xrv"
@@ -247,7 +253,7 @@ def compare_swin(image_size, batch, seed):
     return keras_difference("swin_t", reference, images, expected)
 
 
-MODELS = ("densenet121", "densenet121_xrv", "swin_t", "convnext_t", "effv2_s")
+MODELS = ("densenet121", "densenet121_xrv", "swin_t", "convnext_t", "effv2_s", "effv2_b0")
 
 
 def main(argv=None):

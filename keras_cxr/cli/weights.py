@@ -54,8 +54,8 @@ def list_weights(root):
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", required=True,
               help="The keras-cxr model it is for: densenet121 (torchvision, RGB), densenet121_xrv "
-                   "(torchxrayvision, 1 gray channel), effv2_s / effv2_m / effv2_l (timm "
-                   "tf_efficientnetv2_s / _m / _l), convnext_* or swin_* (timm); see keras-cxr models.")
+                   "(torchxrayvision, 1 gray channel), effv2_b0 ... effv2_b3 / effv2_s / effv2_m / effv2_l (timm "
+                   "tf_efficientnetv2_b0 ... _l), convnext_* or swin_* (timm); see keras-cxr models.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="The Keras weights file to write (FILE.weights.h5); use it with --set model.weights=FILE.weights.h5.")
 def convert(checkpoint, model_name, out_path):

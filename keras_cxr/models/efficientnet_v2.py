@@ -1,11 +1,13 @@
-"""EfficientNetV2-S/M/L from `keras.applications` (and a tiny test variant).
+"""EfficientNetV2-B0/B1/B2/B3/S/M/L from `keras.applications` (and a tiny test variant).
 
 keras.applications' EfficientNetV2 rescales 0-255 input itself
-(`include_preprocessing=True`, ``x / 128 - 1``), so no normalisation layer is
-added here. `weights` may also be a timm `tf_efficientnetv2_s/m/l` PyTorch
-`state_dict` (`keras_cxr.models.from_torch.efficientnet_v2` maps its keys);
-timm's own preprocessing for those weights is ``x / 127.5 - 1`` (mean and
-std 0.5), at most 0.0078 from Keras's, which is kept for every weights source.
+(`include_preprocessing=True`: ``x / 128 - 1`` for S/M/L, ImageNet mean and
+std for B0-B3), so no normalisation layer is added here. `weights` may also
+be a timm `tf_efficientnetv2_*` PyTorch `state_dict`
+(`keras_cxr.models.from_torch.efficientnet_v2` maps its keys); timm's own
+preprocessing for the S/M/L weights is ``x / 127.5 - 1`` (mean and std 0.5),
+at most 0.0078 from Keras's, which is kept for every weights source; for
+B0-B3 timm and Keras both use ImageNet mean and std.
 """
 
 from keras_cxr.models import applications
@@ -13,6 +15,10 @@ from keras_cxr.models import weights as weights_lib
 from keras_cxr.models.registry import register_family
 
 _APPLICATIONS = {
+    "effv2_b0": "EfficientNetV2B0",
+    "effv2_b1": "EfficientNetV2B1",
+    "effv2_b2": "EfficientNetV2B2",
+    "effv2_b3": "EfficientNetV2B3",
     "effv2_s": "EfficientNetV2S",
     "effv2_m": "EfficientNetV2M",
     "effv2_l": "EfficientNetV2L",
@@ -46,9 +52,10 @@ def efficientnet_v2_backbone(name, image_size, source=weights_lib.WeightsSource(
     """The `keras.applications` EfficientNetV2 feature extractor of a name.
 
     Args:
-        name: `"effv2_s"`, `"effv2_m"`, `"effv2_l"` or `"tiny_effv2"`.
+        name: `"effv2_b0"` ... `"effv2_b3"`, `"effv2_s"`, `"effv2_m"`,
+            `"effv2_l"` or `"tiny_effv2"`.
         image_size: input side in pixels.
-        source: a `weights.WeightsSource`: none, imagenet (S/M/L), a
+        source: a `weights.WeightsSource`: none, imagenet (all but the tiny one), a
             `.weights.h5` file or a timm PyTorch `state_dict` file.
 
     Returns:
@@ -82,6 +89,10 @@ register_family(
     _features,
     [
         # name, default image size, default dropout, params, description
+        ("effv2_b0", 224, 0.2, "5.92M", f"EfficientNetV2-B0 {_SUFFIX}"),
+        ("effv2_b1", 240, 0.2, "6.94M", f"EfficientNetV2-B1 {_SUFFIX}"),
+        ("effv2_b2", 260, 0.2, "8.78M", f"EfficientNetV2-B2 {_SUFFIX}"),
+        ("effv2_b3", 300, 0.2, "12.9M", f"EfficientNetV2-B3 {_SUFFIX}"),
         ("effv2_s", 384, 0.25, "20.3M", f"EfficientNetV2-S {_SUFFIX}"),
         ("effv2_m", 384, 0.2, "53.2M", f"EfficientNetV2-M {_SUFFIX}"),
         ("effv2_l", 512, 0.40, "117.8M", f"EfficientNetV2-L {_SUFFIX}"),

@@ -166,7 +166,7 @@ def build(name, num_classes=4, image_size=None, dropout=None, weights=None):
             `model.get_layer("backbone").save_weights(path)`), or a PyTorch
             `state_dict` file (`.pt`, `.pth`, `.bin`) converted into the
             backbone, for families in `torch_weights.FAMILIES`
-            (`densenet121`, `densenet121_xrv`, `effv2_s/m/l`,
+            (`densenet121`, `densenet121_xrv`, `effv2_b0/b1/b2/b3/s/m/l`,
             `convnext_t/s/b/l`, `swin_t/s/b/l` and their tiny versions).
 
     Returns:

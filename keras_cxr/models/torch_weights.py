@@ -12,7 +12,7 @@ with a note in the returned `Conversion`: the checkpoint's classifier
 
 Families, one module each in `keras_cxr.models.from_torch` (`FAMILIES`):
 `densenet` (`densenet121`, `densenet121_xrv`: torchvision / torchxrayvision
-keys), `efficientnet_v2` (`effv2_s/m/l`: timm `tf_efficientnetv2_s/m/l`
+keys), `efficientnet_v2` (`effv2_b0/b1/b2/b3/s/m/l`: timm `tf_efficientnetv2_*`
 keys), `convnext` (`convnext_t/s/b/l`: timm `convnext_*`) and `swin`
 (`swin_t/s/b/l`: timm `swin_*_patch4_window*`). A family module says which
 torch key feeds which Keras variable (`targets(backbone)`, built from
@@ -258,7 +258,7 @@ def load_torch_state_dict(model_or_backbone, path_or_state_dict, family):
             mapping; see `read_state_dict`.
         family: a family with a conversion, a key of `FAMILIES`: `"densenet"`
             (the family of `densenet121` and `densenet121_xrv`) or
-            `"efficientnet_v2"` (`effv2_s/m/l`, `tiny_effv2`); see
+            `"efficientnet_v2"` (`effv2_b0` ... `effv2_l`, `tiny_effv2`); see
             `keras_cxr.models.spec(name).family`.
 
     Returns:

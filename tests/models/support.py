@@ -19,6 +19,7 @@ EXPECTED_NAMES = [
     "convnext_b", "convnext_l", "convnext_s", "convnext_t", "cxr_resnet", "cxr_resnet_deep", "cxr_resnet_wide",
     "densenet121", "densenet121_xrv",
     "dinov2_b", "dinov2_l", "dinov2_s",
+    "effv2_b0", "effv2_b1", "effv2_b2", "effv2_b3",
     "effv2_l", "effv2_m", "effv2_rw_m", "effv2_rw_s", "effv2_rw_t", "effv2_s",
     "swin_b", "swin_l", "swin_s", "swin_t",
     "tiny_convnext", "tiny_dinov2", "tiny_effv2", "tiny_effv2_rw", "tiny_swin",

@@ -58,6 +58,9 @@ def test_requirements_name_what_keras_and_keras_hub_fetch(tmp_path, monkeypatch)
     assert effv2.path == str(tmp_path / "keras" / "models" / "efficientnetv2-l_notop.h5")
     assert effv2.file_hash == efficientnet_v2.WEIGHTS_HASHES["-l"][1]
     assert (effv2.source, effv2.variable, effv2.available()) == ("keras.applications", "KERAS_HOME", False)
+    b0 = pretrained.requirement("effv2_b0")  # hash keys "b0" ... "b3" sit in the model name like "-l"
+    assert b0.origin == efficientnet_v2.BASE_WEIGHTS_PATH + "efficientnetv2-b0_notop.h5"
+    assert b0.file_hash == efficientnet_v2.WEIGHTS_HASHES["b0"][1]
     tiny = pretrained.requirement("convnext_t")
     assert tiny.origin == convnext.BASE_WEIGHTS_PATH + "convnext_tiny_notop.h5"
     assert tiny.file_hash == convnext.WEIGHTS_HASHES["convnext_tiny"][1]

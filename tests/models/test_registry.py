@@ -132,7 +132,8 @@ def test_family_image_size_checks():
 
 @pytest.mark.parametrize(
     "name,size",
-    [("effv2_s", 64), ("convnext_t", 64), ("effv2_rw_t", 64), ("swin_t", 224), ("dinov2_s", 112)],
+    [("effv2_s", 64), ("effv2_b0", 64), ("effv2_b3", 64), ("convnext_t", 64), ("effv2_rw_t", 64),
+     ("swin_t", 224), ("dinov2_s", 112)],
 )
 def test_real_architectures_build_offline(name, size):
     model = models.build(name, image_size=size)

@@ -137,9 +137,18 @@ def test_timm_tf_efficientnetv2_s_equivalence(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size, tensors", [("m", 961), ("l", 1329)])
-def test_timm_tf_efficientnetv2_m_and_l_keys_fit(size, tensors):
-    """Every key of timm's tf_efficientnetv2_m / _l has its effv2_m / _l layer, same shape.
+def test_timm_tf_efficientnetv2_b0_equivalence(capsys):
+    """The same check for the smallest variant (MBConv blocks with expansion, no expansion-1 separable ones)."""
+    script = equivalence_script("timm", "tests/models/test_torch_weights_effv2.py")
+    assert script.compare("effv2_b0", image_size=128, batch=2, seed=0) <= 1e-4
+    assert "effv2_b0         128px batch 2: max |keras - torch|" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, tensors", [("b0", 359), ("b1", 441), ("b2", 460), ("b3", 536), ("m", 961),
+                                           ("l", 1329)])
+def test_timm_tf_efficientnetv2_keys_fit(size, tensors):
+    """Every key of timm's tf_efficientnetv2_<size> has its effv2_<size> layer, same shape.
 
     No forward check: random 57- and 79-block networks amplify float32 rounding past any useful tolerance
     (keras-vs-timm is the size of timm float32-vs-float64 there).

@@ -1,4 +1,5 @@
-"""timm `tf_efficientnetv2_s/m/l` keys -> keras.applications EfficientNetV2 layers (`effv2_s/m/l`, `tiny_effv2`).
+"""timm `tf_efficientnetv2_*` keys -> keras.applications EfficientNetV2 layers (`effv2_b0` ... `effv2_l`,
+`tiny_effv2`).
 
 timm's ``tf_`` variants are Keras's network: TF 'same' padding, BatchNorm
 epsilon 1e-3, SiLU, squeeze-excite with SiLU and a sigmoid gate, the same
