@@ -57,6 +57,8 @@ ROWS = {
                          ["--image-size", "160", "--set", "epochs=20", "--set", "swa.start_epoch=16"]),
     "wide": ("cxr_resnet_wide: 1.5x the widths (2.76M parameters)", ["--set", "model.name=cxr_resnet_wide"]),
     "deep": ("cxr_resnet_deep: two blocks per stage (2.80M parameters)", ["--set", "model.name=cxr_resnet_deep"]),
+    "effv2_b0": ("EfficientNetV2-B0 from scratch (keras.applications, 5.92M parameters)",
+                 ["--set", "model.name=effv2_b0"]),
     "epochs60": ("60 epochs (SWA over the last 10)", ["--set", "epochs=60", "--set", "swa.start_epoch=51"]),
     "aug_before": ("cpu.py's augmentation before 2026-12-07 (twice aug_light)", _augmentation(10, 0.08, 0.1, 8, 0.2)),
     "aug_light": ("light augmentation (cpu.py's since 2026-12-07)", _augmentation(5, 0.04, 0.05, 4, 0.1)),
