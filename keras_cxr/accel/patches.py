@@ -23,8 +23,10 @@ PATCHES = (
     Patch("batchnorm", "keras_cxr.accel.batchnorm", ("keras.layers.BatchNormalization.call",),
           {"keras": KERAS, "torch": TORCH},
           "batch norm as one fused kernel; moving statistics updated together per model call"),
-    Patch("adam", "keras_cxr.accel.adam", ("keras.src.backend.torch.optimizers.torch_adam.Adam._parallel_update_step",),
-          {"keras": KERAS, "torch": TORCH}, "Adam/AdamW as one fused pass"),
+    Patch("adam", "keras_cxr.accel.adam", ("keras.src.backend.torch.optimizers.torch_adam.Adam._parallel_update_step",
+                                           "keras.src.backend.torch.optimizers.torch_optimizer.TorchOptimizer"
+                                           "._apply_weight_decay"),
+          {"keras": KERAS, "torch": TORCH}, "Adam/AdamW, weight decay included, as one fused pass"),
     Patch("loss_scale", "keras_cxr.accel.loss_scale",
           ("keras.src.optimizers.loss_scale_optimizer.LossScaleOptimizer._common_apply",),
           {"keras": KERAS, "torch": TORCH}, "mixed-precision finite check and unscale as two multi-tensor passes"),

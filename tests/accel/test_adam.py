@@ -40,3 +40,38 @@ def test_adam_plan_follows_tensors_replaced_under_a_variable(accelerated):
     optimizer.apply([torch.ones(3, 4)], [variable])
     assert (variable.numpy() < 5.0).all()  # the step reached the new tensor, not the old one
 
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_adamw_weight_decay_inside_the_fused_kernel_gives_kerass_bits(accelerated, monkeypatch, schedule):
+    """AdamW's decay folded into `_fused_adamw_` equals Keras's separate decay pass bit for bit,
+    excluded variables included (they get no decay)."""
+    from keras.src.backend.torch.optimizers import torch_optimizer
+
+    from keras_cxr.accel import adam
+
+    def run():
+        rng = np.random.default_rng(1)
+        variables = [keras.Variable(rng.normal(size=s).astype("float32"), name=n)
+                     for s, n in [((6, 5), "kernel"), ((5,), "bias"), ((3, 3, 2, 4), "conv")]]
+        learning_rate = keras.optimizers.schedules.CosineDecay(3e-3, 40, warmup_target=7e-3, warmup_steps=5) \
+            if schedule else 1.7e-3
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=0.13)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        for _ in range(12):
+            grads = [torch.tensor(rng.normal(size=v.shape).astype("float32")) for v in variables]
+            optimizer.apply(grads, variables)
+        return [v.numpy() for v in variables]
+
+    folded = run()
+    assert adam._keras_weight_decay is not None and not adam._PENDING_DECAY
+    # The reference: Keras's own decay pass, then the fused update without decay.
+    monkeypatch.setattr(torch_optimizer.TorchOptimizer, "_apply_weight_decay", adam._keras_weight_decay)
+    separate = run()
+    for a, b in zip(folded, separate):
+        np.testing.assert_array_equal(a, b)
+    # The decay is really there: without it the weights differ.
+    monkeypatch.setattr(torch_optimizer.TorchOptimizer, "_apply_weight_decay", lambda self, variables: None)
+    undecayed = run()
+    assert not np.array_equal(undecayed[0], folded[0])
+    np.testing.assert_array_equal(undecayed[1], folded[1])  # the excluded bias

@@ -65,3 +65,28 @@ def test_graph_runner_leaves_other_models_to_keras(accelerated):
     out = outer(np.zeros((2, 32, 32, 3), "uint8"))
     assert tuple(out.shape) == (2, 2) and graph._PLANS[inner] is not None
 
+
+
+@pytest.mark.slow
+def test_layers_with_sublayers_skip_keras_call_inside_a_marked_model(accelerated, monkeypatch):
+    """Swin's blocks, attention and MLP run their `call` directly; only the model's own entry uses Keras's."""
+    model = models.build("tiny_swin", image_size=64)
+    x = torch.from_numpy(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+    model(x, training=True)  # builds every layer
+    through_keras = []
+    keras_call = graph._keras_layer_call
+
+    def counting(self, *args, **kwargs):
+        through_keras.append(type(self).__name__)
+        return keras_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(graph, "_keras_layer_call", counting)
+    with torch.enable_grad():
+        model(x, training=True)
+    assert through_keras == [type(model).__name__]
+    # Outside a marked model's run, the same layer goes through Keras's `__call__`.
+    block = next(layer for layer in model._flatten_layers() if type(layer).__name__ == "SwinTransformerBlock")
+    tokens = torch.zeros((2,) + tuple(block.input_resolution) + (block.dim,)).reshape(2, -1, block.dim)
+    before = len(through_keras)
+    block(tokens)
+    assert through_keras[before] == "SwinTransformerBlock"
